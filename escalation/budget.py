@@ -1,0 +1,73 @@
+"""The budget controller: keeps the realised escalation rate at the budget when traffic drifts.
+
+The static threshold escalates the budget share of traffic *as it looked at calibration*. When the
+share of critical tasks moves (a design sprint, a quiet week), the realised rate moves with it. The
+controller watches the scores it has seen and sets an effective threshold:
+
+    level   = the (1 - target) quantile of the last `fast` scores (tracks the new score mix quickly)
+    target  = budget + gain * (budget - realised rate over the last `window` decisions)
+
+The second term pays back over- or under-spend so that every window of `window` decisions lands near
+the budget, not just the long-run average. In `hard` mode the effective threshold decides; in `soft`
+mode the static threshold decides and the controller only reports what it would have done; `off`
+disables it. A task the static threshold would escalate but the effective one does not is *held back*
+(and says so in its reasons); the reverse is *boosted*.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import numpy as np
+
+
+class BudgetController:
+    def __init__(self, budget: float, mode: str = "hard", window: int = 1000, min_samples: int = 200,
+                 gain: float = 1.0, fast: int | None = None):
+        if mode not in ("hard", "soft", "off"):
+            raise ValueError(f"controller mode {mode!r}: use hard, soft or off")
+        self.budget, self.mode, self.window, self.min_samples, self.gain = budget, mode, window, min_samples, gain
+        self.fast = fast or max(min_samples, window // 4)
+        self._scores: deque[float] = deque(maxlen=self.fast)
+        self._escalated: deque[int] = deque(maxlen=window)
+        self._lock = threading.Lock()
+        self.held_back = 0
+        self.boosted = 0
+
+    @property
+    def realised_rate(self) -> float:
+        return sum(self._escalated) / len(self._escalated) if self._escalated else 0.0
+
+    def effective_threshold(self, static_threshold: float) -> float:
+        if self.mode == "off" or len(self._scores) < self.min_samples:
+            return static_threshold
+        target = self.budget + self.gain * (self.budget - self.realised_rate)
+        target = min(max(target, 0.0), 3 * self.budget)
+        if target <= 0:
+            return float("inf")
+        return float(np.quantile(np.fromiter(self._scores, float), 1 - target))
+
+    def decide(self, score: float, static_threshold: float) -> tuple[bool, float, str | None]:
+        """Returns (escalate, effective threshold, None | 'held_back' | 'boosted') and records it."""
+        with self._lock:
+            effective = self.effective_threshold(static_threshold)
+            static_says, controller_says = score >= static_threshold, score >= effective
+            action = None
+            if static_says and not controller_says:
+                action = "held_back"
+            elif controller_says and not static_says:
+                action = "boosted"
+            escalate = controller_says if self.mode == "hard" else static_says
+            if action == "held_back" and self.mode == "hard":
+                self.held_back += 1
+            if action == "boosted" and self.mode == "hard":
+                self.boosted += 1
+            self._scores.append(score)
+            self._escalated.append(int(escalate))
+            return escalate, effective, action
+
+    def forget(self) -> None:
+        """Called when the model changes: old scores are on another model's scale."""
+        with self._lock:
+            self._scores.clear()
+            self._escalated.clear()
