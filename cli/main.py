@@ -34,7 +34,8 @@ def data():
 @click.argument("file", default=str(settings.CORPUS), type=click.Path(dir_okay=False))
 @click.option("--no-targets", is_flag=True, help="check schema, duplicates and splits only (e.g. a review export)")
 @click.option("--no-embeddings", is_flag=True, help="skip the near-duplicate check (needs the encoder)")
-def data_validate(file, no_targets, no_embeddings):
+@click.option("--update-card", is_flag=True, help="rewrite the statistics block of data/README.md from FILE")
+def data_validate(file, no_targets, no_embeddings, update_card):
     """Check FILE (default data/tasks.jsonl) and print its statistics; exit 1 on any problem."""
     from training.corpus import format_statistics, validate
 
@@ -54,10 +55,25 @@ def data_validate(file, no_targets, no_embeddings):
         click.echo(f"error: {e}", err=True)
     if len(report.errors) > 50:
         click.echo(f"... and {len(report.errors) - 50} more errors", err=True)
+    if update_card and report.stats:
+        from training.corpus import update_card as write_card
+
+        write_card(settings.PROJECT_ROOT / "data" / "README.md", report.stats)
+        click.echo("updated the statistics in data/README.md")
     if not report.ok:
         click.echo(f"{file}: INVALID ({len(report.errors)} errors, {sum(not ok for _, ok, _ in report.targets)} targets missed)", err=True)
         sys.exit(1)
     click.echo(f"{file}: valid")
+
+
+@data.command("baseline")
+@click.argument("others", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--corpus", default=str(settings.CORPUS), type=click.Path(exists=True, dir_okay=False))
+def data_baseline(others, corpus):
+    """Embeddings + logistic regression on the train split, scored on the test split and OTHERS."""
+    from training.baseline import baseline
+
+    baseline(corpus, list(others))
 
 
 # ----- learn -----------------------------------------------------------------------------------
@@ -75,7 +91,7 @@ def train(corpus, config_path, no_reviewed):
     m = result.metrics
     click.echo(
         f"test split: roc_auc {m['roc_auc']:.4f}, recall at threshold {m['recall_at_threshold']:.4f}, "
-        f"traffic escalation rate {m['escalation_rate_traffic']:.4f} (holdout half {m['holdout_escalation_rate']:.4f})"
+        f"traffic-weighted escalation rate {m['escalation_rate_traffic']:.4f}"
     )
 
 

@@ -3,7 +3,8 @@
 Layout of an artifact folder (logged to MLflow as the `model_dir` artifact of a pyfunc model):
 
     encoder/         model.onnx (int8), tokenizer.json, encoder.json
-    head.joblib      a fitted scikit-learn estimator on [embedding, role one-hot]
+    head.joblib      a fitted scikit-learn estimator on [embedding, role one-hot] (if chosen)
+    lexical.joblib   a fitted TF-IDF + logistic regression pipeline on the text (if chosen)
     index.npz        a small index of labeled examples (unit vectors, labels) for justifications
     index.jsonl      the texts and roles of that index, one per line
     meta.json        calibration, threshold(s) and the budget they were set for, corpus hash, metrics
@@ -115,22 +116,27 @@ class EscalationModel:
         self.version = version
         self.meta = json.loads((self.folder / "meta.json").read_text())
         self.encoder = OnnxEncoder(self.folder / "encoder", threads=threads)
-        self.head = joblib.load(self.folder / "head.joblib")
+        # The head: a semantic estimator on [embedding, role], a lexical pipeline on the text, or both
+        # (then the score is their mean). Which files exist says which parts the trainer chose.
+        semantic_file, lexical_file = self.folder / "head.joblib", self.folder / "lexical.joblib"
+        self.semantic = joblib.load(semantic_file) if semantic_file.exists() else None
+        self.lexical = joblib.load(lexical_file) if lexical_file.exists() else None
+        if self.semantic is None and self.lexical is None:
+            raise FileNotFoundError(f"{self.folder} has neither head.joblib nor lexical.joblib; re-run `escalation train`")
         index = np.load(self.folder / "index.npz")
         self.index_vectors = index["vectors"].astype(np.float32)
         self.index_labels = index["labels"].astype(int)
         with open(self.folder / "index.jsonl", encoding="utf-8") as f:
             self.index_rows = [json.loads(line) for line in f]
-        self._predict = self._checked_fast_predict()
+        self._semantic = self._checked_fast_predict() if self.semantic is not None else None
 
     def _checked_fast_predict(self):
-        fast = fast_predict(self.head)
+        fast = fast_predict(self.semantic)
+        slow = lambda X: self.semantic.predict_proba(X)[:, 1]  # noqa: E731
         if fast is None or not len(self.index_vectors):
-            return lambda X: self.head.predict_proba(X)[:, 1]
+            return slow
         X = features(self.index_vectors[:32], [r.get("role") for r in self.index_rows[:32]])
-        if not np.allclose(fast(X), self.head.predict_proba(X)[:, 1], rtol=0, atol=1e-9):
-            return lambda X: self.head.predict_proba(X)[:, 1]
-        return fast
+        return fast if np.allclose(fast(X), slow(X), rtol=0, atol=1e-9) else slow
 
     @property
     def threshold(self) -> float:
@@ -140,13 +146,19 @@ class EscalationModel:
     def budget(self) -> float:
         return float(self.meta["threshold"]["budget"])
 
-    def score_embeddings(self, embeddings: np.ndarray, roles: list[str | None]) -> Scored:
-        raw = self._predict(features(embeddings, roles))
-        return Scored(score=raw, probability=apply_calibration(raw, self.meta["calibration"]), embeddings=embeddings)
+    def raw_scores(self, embeddings: np.ndarray, roles: list[str | None], texts: list[str]) -> np.ndarray:
+        parts = []
+        if self._semantic is not None:
+            parts.append(self._semantic(features(embeddings, roles)))
+        if self.lexical is not None:
+            parts.append(self.lexical.predict_proba(list(texts))[:, 1])
+        return np.mean(parts, axis=0)
 
     def score(self, texts: list[str], roles: list[str | None] | None = None) -> Scored:
         roles = roles if roles is not None else [None] * len(texts)
-        return self.score_embeddings(self.encoder.encode(texts), roles)
+        embeddings = self.encoder.encode(texts)
+        raw = self.raw_scores(embeddings, roles, texts)
+        return Scored(score=raw, probability=apply_calibration(raw, self.meta["calibration"]), embeddings=embeddings)
 
     def neighbours(self, embeddings: np.ndarray, k: int = 3) -> list[list[dict]]:
         """The k most similar labeled examples for each row: the evidence a reviewer can check."""

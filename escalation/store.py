@@ -119,7 +119,7 @@ config_versions = Table(
 
 events = Table(
     "events", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(40), primary_key=True),
     Column("time", DateTime, index=True, nullable=False),
     Column("kind", String(40), nullable=False),  # model_reload | config_rollback | canary_rollback | ...
     Column("detail", JSON),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from dataclasses import dataclass, field
 
 from escalation.budget import BudgetController
@@ -89,10 +88,8 @@ class Decider:
         if model is None:
             return [self.failure(self.slot.error or "no model loaded") for _ in texts]
         try:
-            started = time.perf_counter()
             scored = model.score(texts, roles)
             neighbours = model.neighbours(scored.embeddings, self.config.classifier.neighbours)
-            self.last_latency_s = time.perf_counter() - started
         except Exception as e:
             log.exception("scoring failed")
             return [self.failure(f"{type(e).__name__}: {e}") for _ in texts]

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import DateTime
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, ProgrammingError, StatementError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
@@ -41,6 +42,7 @@ class LedgerWriter:
         self.flush_interval_s, self.batch = flush_interval_s, batch
         self._fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.failures = 0
@@ -68,7 +70,11 @@ class LedgerWriter:
             return 0
 
     def flush(self) -> int:
-        """Inserts every journal row past the checkpoint; returns how many."""
+        """Inserts every journal row past the checkpoint; returns how many. One flush at a time."""
+        with self._flush_lock:
+            return self._flush()
+
+    def _flush(self) -> int:
         start = self._offset()
         with open(self.journal, "rb") as f:
             f.seek(start)
@@ -85,15 +91,39 @@ class LedgerWriter:
                 grouped.setdefault(entry["table"], []).append(_decode(TABLES[entry["table"]], entry["row"]))
             except (ValueError, KeyError):
                 log.error("skipping unreadable journal line: %r", line[:200])
-        with self.eng.begin() as conn:
-            for table, rows in grouped.items():
-                for i in range(0, len(rows), self.batch):
-                    conn.execute(_insert_ignore(self.eng, TABLES[table]), rows[i : i + self.batch])
+        try:
+            with self.eng.begin() as conn:
+                for table, rows in grouped.items():
+                    for i in range(0, len(rows), self.batch):
+                        conn.execute(_insert_ignore(self.eng, TABLES[table]), rows[i : i + self.batch])
+        except (IntegrityError, DataError, ProgrammingError, StatementError) as e:
+            if isinstance(e, OperationalError):
+                raise  # the database is unreachable: keep everything in the journal and retry
+            self._insert_one_by_one(grouped)
         tmp = self.checkpoint.with_suffix(".tmp")
         tmp.write_text(str(start + end))
         os.replace(tmp, self.checkpoint)
         self._compact_if_drained(start + end)
         return sum(len(r) for r in grouped.values())
+
+    def _insert_one_by_one(self, grouped: dict[str, list[dict]]) -> None:
+        """A batch the database refused: insert row by row; a row it refuses goes to the rejects file.
+
+        One malformed row must not stop the ledger, and it must not be lost either.
+        """
+        rejects = self.journal.with_suffix(".rejected.jsonl")
+        for table, rows in grouped.items():
+            for row in rows:
+                try:
+                    with self.eng.begin() as conn:
+                        conn.execute(_insert_ignore(self.eng, TABLES[table]), [row])
+                except OperationalError:
+                    raise
+                except Exception as e:
+                    self.failures += 1
+                    log.error("ledger: %s row rejected by the database (%s); kept in %s", table, type(e).__name__, rejects)
+                    with open(rejects, "a", encoding="utf-8") as f:
+                        f.write(json.dumps({"table": table, "row": row, "error": str(e)[:500]}, default=_json_default) + "\n")
 
     def _compact_if_drained(self, offset: int) -> None:
         """Truncates the journal once everything in it is in the database (bounded disk use)."""

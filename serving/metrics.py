@@ -8,6 +8,15 @@ version, so a dashboard can compare a canary or a new champion with what it repl
 from __future__ import annotations
 
 PREFIX = "escalation_"
+_instance = None
+
+
+def get_metrics() -> "Metrics":
+    """One set per process: prometheus_client refuses to register a metric name twice."""
+    global _instance
+    if _instance is None:
+        _instance = Metrics()
+    return _instance
 
 
 class Metrics:

@@ -25,7 +25,7 @@ from escalation.schema import ROLES
 from serving.canary import Canary
 from serving.decider import Decider, Decision, ModelSlot
 from serving.ledger import LedgerWriter, new_id
-from serving.metrics import Metrics
+from serving.metrics import get_metrics
 from serving.shim import Attempt, ProviderChain, ProviderError, StreamResult
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class Runtime:
         self.eng = store.engine(self.db_url)
         journal = settings.VAR / "ledger" / f"journal-{uuid.uuid5(uuid.NAMESPACE_URL, self.db_url).hex[:12]}.jsonl"
         self.ledger = LedgerWriter(self.eng, journal)
-        self.metrics = Metrics()
+        self.metrics = get_metrics()
         self.spend = SpendTracker(self.eng)
         self._loader = loader
         path = Path(config_path or settings.config_path())
@@ -176,7 +176,18 @@ class Runtime:
         if previous and previous != labels:
             self.metrics.model_info.labels(*previous).set(0)
         self._info_labels = labels
-        self.metrics.model_info.labels(*labels).set(1)
+        m = self.metrics
+        m.model_info.labels(*labels).set(1)
+        # Series that only move on rare events exist from the start, so dashboards and alerts see 0.
+        for action in ("held_back", "boosted"):
+            m.controller_holds.labels(action, *labels)
+        for role in ROLES:
+            m.fallbacks.labels(role, *labels)
+        m.canary_rollbacks.labels("none", *labels)
+        for reason in ("borderline", "random"):
+            m.review_queued.labels(reason, *labels)
+        for model in self.config.models:
+            m.circuit_open.labels(model).set(0)
         self.metrics.budget.labels(self.slot.version, self.baseline.config_version).set(self.config.budget.share)
 
     def event(self, kind: str, detail: dict) -> None:
@@ -231,8 +242,14 @@ class Runtime:
         return self.apply_config(target["content"], target["source"], f"rollback to {target['version']}")
 
     # ----- deciding ----------------------------------------------------------------------------
+    def _decide(self, arm: Arm, texts: list[str], roles: list[str | None]) -> list[Decision]:
+        started = time.perf_counter()
+        decisions = arm.decider.decide(texts, roles)
+        self.metrics.classifier_latency.labels(self.slot.version, arm.config_version).observe(time.perf_counter() - started)
+        return decisions
+
     def classify(self, texts: list[str], roles: list[str | None]) -> list[Decision]:
-        decisions = self.baseline.decider.decide(texts, roles)
+        decisions = self._decide(self.baseline, texts, roles)
         for text, role, d in zip(texts, roles, decisions):
             self._record_decision(new_id(), "classify", text, role, d, self.baseline)
         return decisions
@@ -305,7 +322,7 @@ class Runtime:
         if override == "forbid" and not policy.allow_forbid:
             raise RequestError(f"forbidding escalation is not allowed for role {role} by config {arm.config_version}", 403, "escalation")
 
-        d = arm.decider.decide([text], [role])[0]
+        d = self._decide(arm, [text], [role])[0]
         reasons = list(d.reasons)
         escalate = d.escalate
         if override == "force":

@@ -277,6 +277,7 @@ class ProviderChain:
 
         async def chunks() -> AsyncIterator[bytes]:
             usage, out_chars, status, message = {}, 0, "ok", ""
+            finished = False  # a complete stream ends with [DONE] or a finish_reason
             try:
                 pending = list(head)
                 while True:
@@ -287,17 +288,24 @@ class ProviderChain:
                             line = await lines.__anext__()
                         except StopAsyncIteration:
                             break
-                    if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
+                    payload = line[5:].strip() if line.startswith("data:") else ""
+                    if payload == "[DONE]":
+                        finished = True
+                    elif payload:
                         try:
-                            event = json.loads(line[5:])
+                            event = json.loads(payload)
                             usage = event.get("usage") or usage
                             for c in event.get("choices") or []:
                                 out_chars += len(((c.get("delta") or {}).get("content")) or "")
+                                finished = finished or bool(c.get("finish_reason"))
                         except ValueError:
                             status, message = "stream_cut", "provider sent a malformed event"
                             yield _sse_error("provider sent a malformed event; the stream was ended", model)
                             return
                     yield (line + "\n").encode()
+                if not finished:
+                    status, message = "stream_cut", "provider closed the stream before it finished"
+                    yield _sse_error(message, model)
             except (httpx.HTTPError, asyncio.TimeoutError) as e:
                 status, message = "stream_cut", f"stream broke after the first byte: {type(e).__name__}"
                 yield _sse_error(message, model)

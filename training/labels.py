@@ -55,22 +55,37 @@ def reviewed_rows(db_url: str) -> list[CorpusRow]:
 
 
 def merge_reviewed(corpus: list[CorpusRow], reviewed: list[CorpusRow]) -> tuple[list[CorpusRow], dict]:
-    """Reviewed labels win for the same text; a corpus row keeps its split (the test split stays frozen)."""
+    """Reviewed labels win for the same text; new reviewed texts join the train split.
+
+    A reviewed label for a text already in the corpus replaces that row's label and keeps its split
+    (a reviewer's correction of a test row improves the test split; the split itself stays frozen).
+    A new reviewed text whose hash puts it in the test split is held out of training: those rows are
+    the *reviewed set* the promotion gate scores (see `reviewed_holdout`).
+    """
     index = {normalise(r.text): i for i, r in enumerate(corpus)}
     merged = list(corpus)
     report = {"corpus_rows": len(corpus), "reviewed_rows": len(reviewed), "reviewed_added": 0,
-              "reviewed_overrides": 0, "reviewed_agreeing": 0}
+              "reviewed_overrides": 0, "reviewed_agreeing": 0, "reviewed_held_out": 0}
     for r in reviewed:
         i = index.get(normalise(r.text))
-        if i is None:
+        if i is not None:
+            if merged[i].label != r.label:
+                merged[i] = r.model_copy(update={"split": merged[i].split, "id": merged[i].id, "role": merged[i].role})
+                report["reviewed_overrides"] += 1
+            else:
+                report["reviewed_agreeing"] += 1
+        elif r.split == "test":
+            report["reviewed_held_out"] += 1
+        else:
             merged.append(r)
             report["reviewed_added"] += 1
-        elif merged[i].label != r.label:
-            merged[i] = r.model_copy(update={"split": merged[i].split, "id": merged[i].id, "role": merged[i].role})
-            report["reviewed_overrides"] += 1
-        else:
-            report["reviewed_agreeing"] += 1
     return merged, report
+
+
+def reviewed_holdout(corpus: list[CorpusRow], reviewed: list[CorpusRow]) -> list[CorpusRow]:
+    """The reviewed rows no model trains on: new texts whose hash falls in the test split."""
+    known = {normalise(r.text) for r in corpus}
+    return [r for r in reviewed if r.split == "test" and normalise(r.text) not in known]
 
 
 def export(db_url: str, out: str) -> None:

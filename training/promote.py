@@ -3,8 +3,8 @@
 A challenger becomes champion only when, scored now on the same data,
 - its recall at the budget (at its own calibrated threshold) on the frozen test split of
   data/tasks.jsonl is at least the champion's,
-- its recall at the budget on the reviewed set (labels from the review queue) is at least the
-  champion's, when that set has critical examples,
+- its recall at the budget on the reviewed set (reviewers' labels on texts held out of training by
+  their hash) is at least the champion's, when that set has critical examples,
 - its traffic-weighted escalation rate on the test split stays within the 95% upper bound stored
   with its threshold.
 The comparison is printed and logged to MLflow as a `promotion-gate` run. Shadow agreement, when the
@@ -20,7 +20,7 @@ from escalation.predict import load_model
 from escalation.registry import champion_history, client, set_champion, version_for
 from training.calibrate import traffic_weights, weighted_rate
 from training.corpus import load_rows
-from training.labels import reviewed_rows
+from training.labels import merge_reviewed, reviewed_holdout, reviewed_rows
 
 
 def _recall(model, rows) -> float | None:
@@ -82,8 +82,10 @@ def promote(force: bool = False, corpus=settings.CORPUS, log=print) -> bool:
     prior = load_config(settings.config_path())[0].budget.prior
     champion = load_model(f"models:/{name}/{champ_v}")
     challenger = load_model(f"models:/{name}/{chall_v}")
-    test_rows = [r for r in load_rows(corpus) if r.split == "test"]
-    reviewed = reviewed_rows(settings.db_url())
+    corpus_rows, labeled = load_rows(corpus), reviewed_rows(settings.db_url())
+    merged, _ = merge_reviewed(corpus_rows, labeled)
+    test_rows = [r for r in merged if r.split == "test"]  # the frozen test split, with reviewers' corrections
+    reviewed = reviewed_holdout(corpus_rows, labeled)
     result = compare(champion, challenger, test_rows, reviewed, prior)
 
     def fmt(x):

@@ -6,8 +6,8 @@ The steps, in order (each prints its time):
 3. compare the heads by 5-fold CV on the train split (folds keep near-duplicates together), pick by
    recall at the budget, refit the winner on the whole train split;
 4. fit probability calibration on the winner's out-of-fold scores;
-5. split the test split in two halves by a hash of the id: the *calibration* half, reweighted to the
-   traffic prior, sets the threshold; the *holdout* half checks the escalation rate it gives;
+5. set the threshold on the test split reweighted to the traffic prior (the budget calibration);
+   data/trace.jsonl, traffic written separately, checks the rate it gives (tests/model);
 6. evaluate on the whole test split, draw the plots, write the artifact folder;
 7. log everything to MLflow and register the model as `escalation-classifier@challenger`
    (the first version also becomes `@champion`).
@@ -29,11 +29,11 @@ from escalation import settings
 from escalation.config import load_config
 from escalation.model import EscalationModel, apply_calibration, features
 from training import corpus as corpus_mod
-from training.calibrate import calibrate_threshold, fit_probability_calibration, traffic_weights, weighted_rate
+from training.calibrate import calibrate_threshold, fit_probability_calibration
 from training.embed_cache import embed
 from training.encoder_export import export_encoder
 from training.evaluate import metrics, plot_all
-from training.heads import candidate_heads, choose, cross_validate
+from training.heads import candidate_heads, choose, components, cross_validate, lexical_head
 
 PIP_REQUIREMENTS = ["numpy", "onnxruntime", "tokenizers", "scikit-learn", "pandas", "pydantic", "pyyaml"]
 
@@ -49,10 +49,6 @@ class TrainResult:
 
 def load_training_config(path: str | Path = settings.TRAINING_CONFIG) -> dict:
     return yaml.safe_load(Path(path).read_text())
-
-
-def calibration_half(row_id: str) -> bool:
-    return int(hashlib.sha256(f"calibration:{row_id}".encode()).hexdigest()[:8], 16) % 2 == 0
 
 
 def build_index(rows, vectors: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, list[int]]:
@@ -104,35 +100,40 @@ def train(
     roles = [r.role for r in rows]
     X = features(vectors, roles)
     y = np.array([r.label for r in rows])
-    X_tr, y_tr = X[is_train], y[is_train]
+    # 30% of train rows (picked by a hash of their id) are shown to the head without their role:
+    # /classify accepts tasks without a role, and a head that never saw all-zero role columns scores
+    # those tasks off-calibration. Test rows keep their roles (the calibration sample is traffic-like).
+    train_roles = [None if int(hashlib.sha1(r.id.encode()).hexdigest()[:4], 16) % 10 < 3 else r.role for r in rows]
+    X_tr = features(vectors[is_train], [role for role, t in zip(train_roles, is_train) if t])
+    y_tr = y[is_train]
     groups = np.array(corpus_mod.clusters(int(is_train.sum()), corpus_mod.near_duplicate_pairs(vectors[is_train])))
 
     heads = {k: v for k, v in candidate_heads(seed).items() if k in tc.get("heads", list(candidate_heads()))}
-    cv = cross_validate(heads, X_tr, y_tr, groups, budget, prior, folds=int(tc.get("cv_folds", 5)), seed=seed)
+    texts_tr = [r.text for r, t in zip(rows, is_train) if t]
+    cv = cross_validate(heads, X_tr, texts_tr, y_tr, groups, budget, prior, folds=int(tc.get("cv_folds", 5)), seed=seed,
+                        lexical=bool(tc.get("lexical", True)))
     best = choose(cv)
     for name, res in cv.items():
-        log(f"  cv {name:11s} roc_auc {res['roc_auc']:.4f}  recall@budget {res['recall_at_budget']:.4f}{'  <- chosen' if name == best else ''}")
-    head = heads[best].fit(X_tr, y_tr)
+        log(f"  cv {name:19s} roc_auc {res['roc_auc']:.4f}  recall@budget {res['recall_at_budget']:.4f}{'  <- chosen' if name == best else ''}")
+    semantic_name, use_lexical = components(best)
+    semantic = heads[semantic_name].fit(X_tr, y_tr) if semantic_name else None
+    lexical = lexical_head().fit(texts_tr, y_tr) if use_lexical else None
     log(f"heads compared, {best} refit ({time.perf_counter() - t0:.1f}s)")
 
     calibration = fit_probability_calibration(cv[best]["oof"], y_tr, prior, method=tc.get("calibration", "auto"), seed=seed)
 
     test_idx = np.flatnonzero(~is_train)
-    test_scores = head.predict_proba(X[test_idx])[:, 1]
+    test_texts = [rows[i].text for i in test_idx]
+    test_parts = ([semantic.predict_proba(X[test_idx])[:, 1]] if semantic is not None else []) + (
+        [lexical.predict_proba(test_texts)[:, 1]] if lexical is not None else [])
+    test_scores = np.mean(test_parts, axis=0)
     y_te = y[test_idx]
-    cal_mask = np.array([calibration_half(rows[i].id) for i in test_idx])
-    threshold = calibrate_threshold(test_scores[cal_mask], budget, prior, labels=y_te[cal_mask])
-    holdout_w = traffic_weights(y_te[~cal_mask], int((~cal_mask).sum()), prior)
-    threshold["holdout_escalation_rate"] = weighted_rate(test_scores[~cal_mask], threshold["value"], holdout_w)
-    threshold["holdout_size"] = int((~cal_mask).sum())
-    log(
-        f"threshold {threshold['value']:.4f}: escalates {threshold['escalation_rate']:.2%} of the calibration half "
-        f"(UCB95 {threshold['escalation_rate_ucb95']:.2%}), {threshold['holdout_escalation_rate']:.2%} of the holdout half"
-    )
+    threshold = calibrate_threshold(test_scores, budget, prior, labels=y_te)
+    log(f"threshold {threshold['value']:.4f}: escalates {threshold['escalation_rate']:.2%} of the test split reweighted to a "
+        f"{prior:.0%} prior (95% upper bound {threshold['escalation_rate_ucb95']:.2%}, effective n {threshold['effective_sample_size']:.0f})")
 
     test_prob = apply_calibration(test_scores, calibration)
     test_metrics = metrics(y_te, test_scores, test_prob, threshold["value"], budget, prior, roles=[roles[i] for i in test_idx])
-    test_metrics["holdout_escalation_rate"] = threshold["holdout_escalation_rate"]
 
     work = Path(tempfile.mkdtemp(prefix="escalation-train-"))
     folder = work / "model_dir"
@@ -141,7 +142,10 @@ def train(
         shutil.copy(encoder_dir / name, folder / "encoder" / name)
     import joblib
 
-    joblib.dump(head, folder / "head.joblib")
+    if semantic is not None:
+        joblib.dump(semantic, folder / "head.joblib")
+    if lexical is not None:
+        joblib.dump(lexical, folder / "lexical.joblib")
     tr_rows = [r for r, t in zip(rows, is_train) if t]
     index_vectors, index_rows = build_index(tr_rows, vectors[is_train], int(tc.get("index_size", 1500)), seed)
     np.savez_compressed(folder / "index.npz", vectors=index_vectors.astype(np.float16), labels=np.array([tr_rows[i].label for i in index_rows]))
@@ -163,7 +167,7 @@ def train(
     (folder / "meta.json").write_text(json.dumps(meta, indent=2))
 
     # The artifact must score exactly like the objects it was built from.
-    check = EscalationModel(folder).score([rows[i].text for i in test_idx[:16]], [roles[i] for i in test_idx[:16]])
+    check = EscalationModel(folder).score(test_texts[:16], [roles[i] for i in test_idx[:16]])
     if not np.allclose(check.score, test_scores[:16], atol=1e-6):
         raise RuntimeError("artifact scores differ from the trained head; the artifact folder is inconsistent")
 
@@ -180,7 +184,7 @@ def train(
             "test_rows": meta["rows"]["test"], "config_version": config_version,
         }
         metrics_out = {f"test_{k}": v for k, v in test_metrics.items()}
-        metrics_out.update({f"cv_{n}_{k}": v for n, r in cv.items() for k, v in r.items() if k != "oof"})
+        metrics_out.update({f"cv_{n.replace('+', '_plus_')}_{k}": v for n, r in cv.items() for k, v in r.items() if k != "oof"})
         metrics_out.update({f"labels_{k}": v for k, v in merge_report.items()})
         metrics_out.update({"threshold_escalation_rate": threshold["escalation_rate"],
                             "threshold_escalation_rate_ucb95": threshold["escalation_rate_ucb95"],
