@@ -43,9 +43,11 @@ def data_validate(file, no_targets, no_embeddings, update_card):
         fail(f"{file} does not exist")
     embed = None
     if not no_embeddings:
+        from training.embed_cache import embed as cached_embed
         from training.encoder_export import load_encoder
 
-        embed = load_encoder(quantize=False).encode
+        fp32 = load_encoder(quantize=False)  # near-duplicates are judged with the unquantised model
+        embed = lambda texts: cached_embed(fp32, texts)  # noqa: E731
     report = validate(file, embed=embed, corpus_targets=not no_targets)
     if report.stats:
         click.echo(format_statistics(report.stats))

@@ -35,7 +35,9 @@ TOKENS = {
 def main(paths: list[str]) -> None:
     rng = np.random.default_rng(20261126)
     parts = [[json.loads(line) for line in open(p, encoding="utf-8") if line.strip()] for p in sorted(paths)]
-    seen, rows = set(), []
+    # The trace must be traffic the model never trained on: texts already in the corpus are skipped.
+    seen = {normalise(json.loads(line)["text"]) for line in open(OUT.parent / "tasks.jsonl", encoding="utf-8")}
+    rows = []
     for raw in itertools.chain.from_iterable(itertools.zip_longest(*parts)):  # interleave: one working day
         if raw is None:
             continue

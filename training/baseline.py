@@ -3,7 +3,9 @@
 Embeddings from the service's encoder + plain logistic regression, trained on the train split;
 ROC AUC and recall at a 5% budget on the test split, and the same model on any other labeled file
 (such as ../shared/eval-dev/dev_public.jsonl), so the corpus' reach to real data is known.
-"Recall at the budget" here escalates the top 5% of each file by score.
+On the test split (19% positives) the budget is applied as in calibration: the threshold escalates
+5% of the split reweighted to a 5% prior. On another file it escalates the top 5% of that file, the
+convention of the eval-dev README.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from training.corpus import load_rows
 from training.embed_cache import embed
 from training.encoder_export import export_encoder
 from training.evaluate import read_labeled
+from training.heads import recall_at_budget
 
 
 def top_share_recall(y, s, share: float = 0.05) -> float:
@@ -35,7 +38,8 @@ def baseline(corpus: str | Path, others: list[str], echo=print) -> dict:
     model = LogisticRegression(C=4.0, class_weight="balanced", max_iter=3000).fit(X[train], y[train])
     results = {}
     s = model.predict_proba(X[~train])[:, 1]
-    results["test split"] = (int((~train).sum()), float(roc_auc_score(y[~train], s)), top_share_recall(y[~train], s))
+    results["test split (reweighted to a 5% prior)"] = (int((~train).sum()), float(roc_auc_score(y[~train], s)),
+                                                       recall_at_budget(y[~train], s, 0.05, 0.05))
     for path in others:
         if not Path(path).exists():
             echo(f"skipping {path}: not found")
