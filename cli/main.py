@@ -190,8 +190,6 @@ def admin_token(create: bool) -> str | None:
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False), help="routing config (default config/routing.yaml)")
 def serve(host, port, config_path):
     """Run the service (trains the default model first when none is registered)."""
-    import subprocess
-
     from escalation.config import ConfigError, load_config
     from escalation.registry import parse_uri, version_for
 
@@ -213,7 +211,10 @@ def serve(host, port, config_path):
     env["ESCALATION_ADMIN_TOKEN"] = admin_token(create=True)
     click.echo(f"config {version}; serving on http://{host}:{port} (admin token: ESCALATION_ADMIN_TOKEN or {settings.VAR / 'admin_token'})")
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:EscalationService", "--host", host, "--port", str(port)]
-    sys.exit(subprocess.call(cmd, cwd=settings.PROJECT_ROOT, env=env))
+    # exec, not a child process: signals (Ctrl-C, a supervisor's SIGTERM) reach BentoML directly,
+    # which stops its workers; a child would be orphaned when this process is killed.
+    os.chdir(settings.PROJECT_ROOT)
+    os.execvpe(cmd[0], cmd, env)
 
 
 # ----- ledger and costs ------------------------------------------------------------------------
