@@ -5,12 +5,14 @@ Layout of an artifact folder (logged to MLflow as the `model_dir` artifact of a 
     encoder/         model.onnx (int8), tokenizer.json, encoder.json
     head.joblib      a fitted scikit-learn estimator on [embedding, role one-hot] (if chosen)
     lexical.joblib   a fitted TF-IDF + logistic regression pipeline on the text (if chosen)
+    heads.npz        the same heads as numpy arrays (+ lexical_vocabulary.json): what serving runs
     index.npz        a small index of labeled examples (unit vectors, labels) for justifications
     index.jsonl      the texts and roles of that index, one per line
     meta.json        calibration, threshold(s) and the budget they were set for, corpus hash, metrics
 
 Training and serving both call `EscalationModel.score()`, so a text scores identically offline and
-online. Loading needs numpy, onnxruntime, tokenizers and scikit-learn; never torch or mlflow.
+online. Loading needs numpy, onnxruntime and tokenizers; never torch, mlflow or (with heads.npz)
+scikit-learn.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from escalation import compiled
 from escalation.encoder import OnnxEncoder
 from escalation.schema import ROLES
 
@@ -60,45 +63,6 @@ def apply_calibration(scores: np.ndarray, calibration: dict) -> np.ndarray:
     return odds / (1 + odds)
 
 
-def fast_predict(head):
-    """A numpy version of `head.predict_proba(X)[:, 1]` for the heads training can choose, or None.
-
-    scikit-learn's per-call overhead (input validation, and for the calibrated SVM three estimators
-    and calibrators) cost 3-5 ms for one row, more than the encoder; the arithmetic is microseconds.
-    `EscalationModel` uses this only after checking it matches predict_proba on the index rows.
-    """
-    from scipy.special import expit
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.svm import LinearSVC
-
-    if isinstance(head, LogisticRegression) and head.coef_.shape[0] == 1:
-        w, b = head.coef_[0].astype(np.float64), float(head.intercept_[0])
-        return lambda X: expit(X @ w + b)
-    if isinstance(head, CalibratedClassifierCV) and all(
-        isinstance(c.estimator, (LinearSVC, LogisticRegression)) and c.method == "sigmoid" and len(c.calibrators) == 1
-        for c in head.calibrated_classifiers_
-    ):
-        ccs = head.calibrated_classifiers_
-        W = np.stack([c.estimator.coef_[0] for c in ccs]).astype(np.float64).T
-        b = np.array([c.estimator.intercept_[0] for c in ccs])
-        a_cal = np.array([c.calibrators[0].a_ for c in ccs])
-        b_cal = np.array([c.calibrators[0].b_ for c in ccs])
-        return lambda X: expit(-(a_cal * (X @ W + b) + b_cal)).mean(axis=1)
-    if isinstance(head, MLPClassifier) and head.out_activation_ == "logistic" and head.activation == "relu":
-        layers = list(zip(head.coefs_, head.intercepts_))
-
-        def forward(X):
-            h = np.asarray(X, dtype=np.float64)
-            for W, b in layers[:-1]:
-                h = np.maximum(h @ W + b, 0)
-            W, b = layers[-1]
-            return expit(h @ W + b)[:, 0]
-        return forward
-    return None
-
-
 @dataclass
 class Scored:
     score: np.ndarray  # the head's raw score, what the threshold applies to
@@ -110,33 +74,34 @@ class EscalationModel:
     """Loads an artifact folder once; `score()` is the whole offline/online scoring path."""
 
     def __init__(self, folder: str | Path, version: str = "local", threads: int | None = None):
-        import joblib
-
         self.folder = Path(folder)
         self.version = version
         self.meta = json.loads((self.folder / "meta.json").read_text())
         self.encoder = OnnxEncoder(self.folder / "encoder", threads=threads)
-        # The head: a semantic estimator on [embedding, role], a lexical pipeline on the text, or both
-        # (then the score is their mean). Which files exist says which parts the trainer chose.
-        semantic_file, lexical_file = self.folder / "head.joblib", self.folder / "lexical.joblib"
-        self.semantic = joblib.load(semantic_file) if semantic_file.exists() else None
-        self.lexical = joblib.load(lexical_file) if lexical_file.exists() else None
-        if self.semantic is None and self.lexical is None:
-            raise FileNotFoundError(f"{self.folder} has neither head.joblib nor lexical.joblib; re-run `escalation train`")
         index = np.load(self.folder / "index.npz")
         self.index_vectors = index["vectors"].astype(np.float32)
         self.index_labels = index["labels"].astype(int)
         with open(self.folder / "index.jsonl", encoding="utf-8") as f:
             self.index_rows = [json.loads(line) for line in f]
-        self._semantic = self._checked_fast_predict() if self.semantic is not None else None
+        # The head: a semantic part on [embedding, role], a lexical part on the text, or both (then
+        # the score is their mean). heads.npz holds them as arrays (see escalation/compiled.py);
+        # an artifact without it is scored through its scikit-learn objects.
+        if (self.folder / compiled.ARRAYS_FILE).exists():
+            self._semantic, self._lexical = compiled.load_compiled(self.folder)
+        else:
+            self._semantic, self._lexical = self._sklearn_heads()
+        if self._semantic is None and self._lexical is None:
+            raise FileNotFoundError(f"{self.folder} holds no head (heads.npz, head.joblib or lexical.joblib); re-run `escalation train`")
 
-    def _checked_fast_predict(self):
-        fast = fast_predict(self.semantic)
-        slow = lambda X: self.semantic.predict_proba(X)[:, 1]  # noqa: E731
-        if fast is None or not len(self.index_vectors):
-            return slow
-        X = features(self.index_vectors[:32], [r.get("role") for r in self.index_rows[:32]])
-        return fast if np.allclose(fast(X), slow(X), rtol=0, atol=1e-9) else slow
+    def _sklearn_heads(self):
+        import joblib
+
+        semantic_file, lexical_file = self.folder / "head.joblib", self.folder / "lexical.joblib"
+        semantic = joblib.load(semantic_file) if semantic_file.exists() else None
+        lexical = joblib.load(lexical_file) if lexical_file.exists() else None
+        semantic_fn = (lambda X: semantic.predict_proba(X)[:, 1]) if semantic is not None else None
+        lexical_fn = (lambda texts: lexical.predict_proba(list(texts))[:, 1]) if lexical is not None else None
+        return semantic_fn, lexical_fn
 
     @property
     def threshold(self) -> float:
@@ -150,8 +115,8 @@ class EscalationModel:
         parts = []
         if self._semantic is not None:
             parts.append(self._semantic(features(embeddings, roles)))
-        if self.lexical is not None:
-            parts.append(self.lexical.predict_proba(list(texts))[:, 1])
+        if self._lexical is not None:
+            parts.append(self._lexical(list(texts)))
         return np.mean(parts, axis=0)
 
     def score(self, texts: list[str], roles: list[str | None] | None = None) -> Scored:
@@ -162,10 +127,12 @@ class EscalationModel:
 
     def neighbours(self, embeddings: np.ndarray, k: int = 3) -> list[list[dict]]:
         """The k most similar labeled examples for each row: the evidence a reviewer can check."""
-        if not len(self.index_vectors) or not len(embeddings):
+        if k <= 0 or not len(self.index_vectors) or not len(embeddings):
             return [[] for _ in range(len(embeddings))]
         sims = embeddings @ self.index_vectors.T
-        top = np.argsort(-sims, axis=1)[:, :k]
+        k = min(k, sims.shape[1])
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(part, np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable"), axis=1)
         return [
             [{"text": self.index_rows[j]["text"], "label": int(self.index_labels[j]), "similarity": round(float(sims[i, j]), 3)} for j in row]
             for i, row in enumerate(top)

@@ -59,6 +59,7 @@ def export_encoder(source: str = DEFAULT_SOURCE, quantize: bool = True, cache: P
 
         out.mkdir(parents=True, exist_ok=True)
         quantize_dynamic(str(fp32 / "model.onnx"), str(out / "model.onnx"), per_channel=True, weight_type=QuantType.QInt8)
+        Path("sym_shape_infer_temp.onnx").unlink(missing_ok=True)  # onnxruntime's shape inference leaves it in the cwd
         for name in ("tokenizer.json", "encoder.json"):
             shutil.copy(fp32 / name, out / name)
         info = json.loads((out / "encoder.json").read_text())

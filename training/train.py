@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from escalation import settings
+from escalation.compiled import write_compiled
 from escalation.config import load_config
 from escalation.model import EscalationModel, apply_calibration, features
 from training import corpus as corpus_mod
@@ -146,6 +147,9 @@ def train(
         joblib.dump(semantic, folder / "head.joblib")
     if lexical is not None:
         joblib.dump(lexical, folder / "lexical.joblib")
+    check_rows = test_idx[:256]
+    if not write_compiled(folder, semantic, lexical, X[check_rows], [rows[i].text for i in check_rows]):
+        log("heads have no exact numpy form; the service will score them through scikit-learn")
     tr_rows = [r for r, t in zip(rows, is_train) if t]
     index_vectors, index_rows = build_index(tr_rows, vectors[is_train], int(tc.get("index_size", 1500)), seed)
     np.savez_compressed(folder / "index.npz", vectors=index_vectors.astype(np.float16), labels=np.array([tr_rows[i].label for i in index_rows]))
