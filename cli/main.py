@@ -191,7 +191,7 @@ def admin_token(create: bool) -> str | None:
 def serve(host, port, config_path):
     """Run the service (trains the default model first when none is registered)."""
     from escalation.config import ConfigError, load_config
-    from escalation.registry import parse_uri, version_for
+    from escalation.registry import fetch, local_copy, parse_uri, version_for
 
     path = Path(config_path or settings.config_path()).resolve()
     try:
@@ -199,16 +199,22 @@ def serve(host, port, config_path):
     except ConfigError as e:
         fail(str(e))
     uri = config.classifier.model_uri
-    if version_for(uri) is None:
+    if local_copy(uri) is None and version_for(uri) is None:
         if parse_uri(uri) != (settings.MODEL_NAME, settings.CHAMPION):
             fail(f"no model at {uri}; register one or point classifier.model_uri at an existing version")
         click.echo(f"no model at {uri}: training the default model from {settings.CORPUS} first")
         from training.train import train as run
 
         run(settings.CORPUS, config_path=path)
+    if local_copy(uri) is None:
+        fetch(uri)  # into the local cache, where the worker finds it without importing mlflow
     env = dict(os.environ, ESCALATION_CONFIG=str(path), BENTOML_DO_NOT_TRACK="True", MLFLOW_TRACKING_URI=settings.tracking_uri(),
                ESCALATION_DB_URL=settings.db_url())
     env["ESCALATION_ADMIN_TOKEN"] = admin_token(create=True)
+    # BLAS threads would contend with ONNX Runtime's for the same cores on every request; the
+    # heads' arithmetic is a few small products, so one BLAS thread is plenty.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, "1")
     click.echo(f"config {version}; serving on http://{host}:{port} (admin token: ESCALATION_ADMIN_TOKEN or {settings.VAR / 'admin_token'})")
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:EscalationService", "--host", host, "--port", str(port)]
     # exec, not a child process: signals (Ctrl-C, a supervisor's SIGTERM) reach BentoML directly,

@@ -46,11 +46,12 @@ class ModelSlot:
 
 
 def _load_from_registry(uri: str, current: EscalationModel | None = None) -> EscalationModel:
-    from escalation.registry import fetch, version_for
+    """The serving process never imports mlflow: the local cache first, else a child process."""
+    from escalation.registry import fetch_in_subprocess, local_copy
 
-    if current is not None and version_for(uri) == current.version:
+    resolved = local_copy(uri) or fetch_in_subprocess(uri)
+    if current is not None and resolved.version == current.version and resolved.folder == current.folder:
         return current
-    resolved = fetch(uri)
     return EscalationModel(resolved.folder, version=resolved.version)
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from escalation import settings, store
 from escalation.config import ConfigError, RoutingConfig, load_config, parse_config
 from escalation.schema import ROLES
+from serving.errors import OVERRIDE_HEADER, RequestError
 from serving.canary import Canary
 from serving.decider import Decider, Decision, ModelSlot
 from serving.ledger import LedgerWriter, new_id
@@ -29,17 +30,6 @@ from serving.metrics import get_metrics
 from serving.shim import Attempt, ProviderChain, ProviderError, StreamResult
 
 log = logging.getLogger(__name__)
-
-OVERRIDE_HEADER = "x-escalation-override"
-
-
-class RequestError(ValueError):
-    """A 4xx the caller can fix; `status` is the HTTP status, the message says what to change."""
-
-    def __init__(self, message: str, status: int = 400, param: str | None = None):
-        super().__init__(message)
-        self.status, self.param = status, param
-
 
 def redact(text: str) -> str:
     text = re.sub(r"[\w.+-]+@[\w-]+\.[\w.-]+", "<email>", text)
@@ -98,6 +88,7 @@ class RouteDecision:
     arm: Arm
     downgraded: bool = False
     reasons: list[str] = field(default_factory=list)
+    classify_ms: float = 0.0  # time spent scoring, reported in the Server-Timing header
 
     def as_json(self) -> dict:
         d = self.decision
@@ -322,7 +313,9 @@ class Runtime:
         if override == "forbid" and not policy.allow_forbid:
             raise RequestError(f"forbidding escalation is not allowed for role {role} by config {arm.config_version}", 403, "escalation")
 
+        started = time.perf_counter()
         d = self._decide(arm, [text], [role])[0]
+        classify_ms = (time.perf_counter() - started) * 1000
         reasons = list(d.reasons)
         escalate = d.escalate
         if override == "force":
@@ -344,7 +337,7 @@ class Runtime:
         request_id = new_id()
         decision = Decision(**{**d.__dict__, "escalate": escalate, "reasons": reasons, "source": "override" if override != "auto" else d.source})
         self._record_decision(request_id, endpoint, text, role, decision, arm)
-        return RouteDecision(request_id, role, decision, arm.config.chain_for(role, escalate), arm, downgraded, reasons)
+        return RouteDecision(request_id, role, decision, arm.config.chain_for(role, escalate), arm, downgraded, reasons, classify_ms)
 
     # ----- calling providers -------------------------------------------------------------------
     def _on_attempt(self, rd: RouteDecision):

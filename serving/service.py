@@ -6,6 +6,7 @@ module reads: ESCALATION_CONFIG, ESCALATION_DB_URL, MLFLOW_TRACKING_URI).
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import os
@@ -16,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from escalation.schema import MAX_TASKS_PER_REQUEST, MAX_TEXT_CHARS, ROLES, DecisionOut, Neighbour, TaskList
-from serving.runtime import OVERRIDE_HEADER, RequestError, Runtime
+from serving.errors import OVERRIDE_HEADER, RequestError
 from serving.shim import ProviderError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -82,23 +83,29 @@ def decision_headers(rd, extra: dict | None = None) -> dict:
         "x-escalation-threshold": "" if d.threshold != d.threshold else f"{d.threshold:.6f}",
         "x-model-version": d.model_version,
         "x-config-version": rd.arm.config_version,
+        "server-timing": f"classify;dur={rd.classify_ms:.2f}",
     }
     headers.update(extra or {})
     return headers
 
 
-def attempt_headers(attempts, used: str | None) -> dict:
-    return {
+def attempt_headers(attempts, used: str | None, rd=None) -> dict:
+    headers = {
         "x-model-used": used or "",
         "x-fallback-path": " > ".join(a.describe() for a in attempts),
         "x-cost-usd": f"{sum(a.cost_usd for a in attempts):.6f}",
     }
+    if rd is not None:
+        headers["server-timing"] = f"classify;dur={rd.classify_ms:.2f}, provider;dur={sum(a.latency_ms for a in attempts):.2f}"
+    return headers
 
 
 @bentoml.service(name="escalation", workers=1, traffic={"timeout": 300, "concurrency": 512})
 @bentoml.asgi_app(app, path="/")
 class EscalationService:
     def __init__(self) -> None:
+        from serving.runtime import Runtime  # here, not at module level: see serving/errors.py
+
         self.runtime = Runtime()
         self.admin_token_env = self.runtime.config.admin_token_env
 
@@ -132,7 +139,8 @@ class EscalationService:
             if not isinstance(role, str):
                 raise RequestError(f"role is required, one of {', '.join(ROLES)}", param="role")
             override = body.get("escalation") or request.headers.get(OVERRIDE_HEADER)
-            rd = self.runtime.route(text, role, override)
+            # Scoring runs in a thread: the event loop keeps serving other requests meanwhile.
+            rd = await asyncio.to_thread(self.runtime.route, text, role, override)
         except RequestError as e:
             return error(str(e), e.status, e.param)
         return JSONResponse(rd.as_json(), headers=decision_headers(rd))
@@ -154,7 +162,7 @@ class EscalationService:
             if not isinstance(stream, bool):
                 raise RequestError("stream must be true or false", param="stream")
             override = body.get("escalation") or request.headers.get(OVERRIDE_HEADER)
-            rd = self.runtime.route(text, role, override, endpoint="chat")
+            rd = await asyncio.to_thread(self.runtime.route, text, role, override, "chat")
         except RequestError as e:
             return error(str(e), e.status, e.param)
         try:
@@ -165,8 +173,8 @@ class EscalationService:
                 return StreamingResponse(_with_cost_trailer(result), media_type="text/event-stream", headers=headers)
             data, attempts = await self.runtime.complete(rd, body)
         except ProviderError as e:
-            return JSONResponse(e.openai_error(), status_code=e.http_status, headers=decision_headers(rd, attempt_headers(e.attempts, None)))
-        return JSONResponse(data, headers=decision_headers(rd, attempt_headers(attempts, attempts[-1].model)))
+            return JSONResponse(e.openai_error(), status_code=e.http_status, headers=decision_headers(rd, attempt_headers(e.attempts, None, rd)))
+        return JSONResponse(data, headers=decision_headers(rd, attempt_headers(attempts, attempts[-1].model, rd)))
 
     # ----- review ------------------------------------------------------------------------------
     @app.get("/review")
