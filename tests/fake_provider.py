@@ -34,6 +34,9 @@ class FakeProvider:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes; with Nagle's algorithm on, the body
+            # waits for the client's delayed ACK (40 ms on Linux) on a kept-alive connection.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):
                 pass
