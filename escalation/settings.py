@@ -20,7 +20,8 @@ TRAINING_CONFIG = PROJECT_ROOT / "config" / "training.yaml"
 CORPUS = PROJECT_ROOT / "data" / "tasks.jsonl"
 TRACE = PROJECT_ROOT / "data" / "trace.jsonl"
 REPORTS = PROJECT_ROOT / "reports"
-VAR = PROJECT_ROOT / "var"
+# Local state that can be rebuilt: encoder exports, embedding caches, model copies, ledger journals.
+VAR = Path(os.environ.get("ESCALATION_VAR", PROJECT_ROOT / "var"))
 
 
 def tracking_uri() -> str:

@@ -238,7 +238,8 @@ class EscalationService:
         if denied:
             return denied
         try:
-            return self.runtime.reload_model()
+            # in a thread: resolving a uri the local cache cannot answer runs a child process
+            return await asyncio.to_thread(self.runtime.reload_model)
         except Exception as e:
             return error(f"reload failed, still serving {self.runtime.slot.version}: {e}", 409)
 
