@@ -90,7 +90,9 @@ def test_malformed_and_non_utf8_bodies_are_rejected(service, raw, fragment):
     assert fragment in r.text
 
 
-def test_serving_processes_never_load_torch(service):
+def test_serving_processes_never_load_torch_mlflow_or_scikit_learn(service):
+    """torch: the encoder is ONNX. mlflow and scikit-learn: 3 s of start-up and ~150 MB each worker
+    would keep; the model loads from numpy arrays and the registry is read without mlflow."""
     pids = [service.proc.pid]
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(service.proc.pid)], capture_output=True, text=True)
     children = [int(p) for p in out.stdout.split()]
@@ -101,7 +103,24 @@ def test_serving_processes_never_load_torch(service):
     for pid in pids:
         maps = open(f"/proc/{pid}/maps").read()
         assert "libtorch" not in maps and "/torch/" not in maps, f"process {pid} loaded torch"
+        assert "/sklearn/" not in maps, f"process {pid} loaded scikit-learn"
     assert any("onnxruntime" in open(f"/proc/{pid}/maps").read() for pid in pids)
+
+
+def test_the_service_runtime_imports_neither_mlflow_nor_scikit_learn(trained, tmp_path):
+    """What a worker does at start (import the service, build the runtime, load the champion), in a
+    fresh interpreter; pure-Python packages such as mlflow leave no trace in /proc/PID/maps."""
+    code = (
+        "import sys, serving.service\n"
+        "from serving.runtime import Runtime\n"
+        "rt = Runtime(start_ledger=False)\n"
+        "assert rt.slot.model is not None, rt.slot.error\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'sklearn', 'torch', 'pandas'}))\n"
+    )
+    env = dict(os.environ, ESCALATION_DB_URL=f"sqlite:///{tmp_path / 'e.db'}")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_version_and_health(service, model):

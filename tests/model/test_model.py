@@ -85,3 +85,34 @@ def test_score_does_not_depend_on_batch_composition(model):
     together = model.score(texts).score
     alone = np.array([model.score([t]).score[0] for t in texts])
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-12)
+
+
+def test_served_numpy_heads_reproduce_the_scikit_learn_heads(model):
+    """heads.npz is what the service runs; it must score exactly like the fitted estimators."""
+    import joblib
+
+    from escalation.model import features
+
+    assert (model.folder / "heads.npz").exists()
+    rows = [json.loads(line) for line in open(ROOT / "data" / "tasks.jsonl")][:300]
+    texts, roles = [r["text"] for r in rows], [r["role"] for r in rows]
+    embeddings = model.encoder.encode(texts)
+    parts = []
+    if (model.folder / "head.joblib").exists():
+        parts.append(joblib.load(model.folder / "head.joblib").predict_proba(features(embeddings, roles))[:, 1])
+    if (model.folder / "lexical.joblib").exists():
+        parts.append(joblib.load(model.folder / "lexical.joblib").predict_proba(texts)[:, 1])
+    np.testing.assert_allclose(model.raw_scores(embeddings, roles, texts), np.mean(parts, axis=0), rtol=0, atol=1e-9)
+
+
+def test_local_registry_lookup_agrees_with_mlflow(trained):
+    """The service finds the champion without mlflow; it must find the same version mlflow names."""
+    from escalation import settings
+    from escalation.registry import fetch, local_copy, version_for
+
+    for alias in (settings.CHAMPION, settings.CHALLENGER):
+        uri = f"models:/{settings.MODEL_NAME}@{alias}"
+        fetched = fetch(uri)
+        found = local_copy(uri)
+        assert found is not None and found.version == version_for(uri) == fetched.version and found.folder == fetched.folder
+    assert local_copy(f"models:/{settings.MODEL_NAME}@no-such-alias") is None
