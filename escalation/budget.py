@@ -7,11 +7,15 @@ controller watches the scores it has seen and sets an effective threshold:
     level   = the (1 - target) quantile of the last `fast` scores (tracks the new score mix quickly)
     target  = budget + gain * (budget - realised rate over the last `window` decisions)
 
+`fast` defaults to `min_samples`: the controller starts acting once its quantile window is full, and a
+short window (150-200 scores) follows a change in the score mix within a few hundred tasks; longer
+windows lag enough that the overspend right after a jump can push a 1,000-task window past ±1 point.
 The second term pays back over- or under-spend so that every window of `window` decisions lands near
-the budget, not just the long-run average. In `hard` mode the effective threshold decides; in `soft`
-mode the static threshold decides and the controller only reports what it would have done; `off`
-disables it. A task the static threshold would escalate but the effective one does not is *held back*
-(and says so in its reasons); the reverse is *boosted*.
+the budget, not just the long-run average; it pays back with a time constant of about window / gain
+decisions. The controller sees scores and its own decisions only, never labels. In `hard` mode the
+effective threshold decides; in `soft` mode the static threshold decides and the controller only
+reports what it would have done; `off` disables it. A task the static threshold would escalate but the
+effective one does not is *held back* (and says so in its reasons); the reverse is *boosted*.
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ class BudgetController:
         if mode not in ("hard", "soft", "off"):
             raise ValueError(f"controller mode {mode!r}: use hard, soft or off")
         self.budget, self.mode, self.window, self.min_samples, self.gain = budget, mode, window, min_samples, gain
-        self.fast = fast or max(min_samples, window // 4)
+        # the quantile window can't be shorter than the warm-up, or the controller would never act
+        self.fast = max(fast or min_samples, min_samples)
         self._scores: deque[float] = deque(maxlen=self.fast)
         self._escalated: deque[int] = deque(maxlen=window)
         self._lock = threading.Lock()
