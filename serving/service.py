@@ -113,9 +113,11 @@ class EscalationService:
         return self.runtime.slot.model is not None
 
     # max_latency_ms is when BentoML gives up on a queued request (503), not a wait: batches form
-    # only while the worker is busy, so an idle service answers at once.
+    # only while the worker is busy, so an idle service answers at once. `async` on purpose: the
+    # batch is scored on the event loop's thread (the encoder runs its texts on its own threads),
+    # which measured 3-4 ms faster per request than BentoML handing a sync method to a thread pool.
     @bentoml.api(batchable=True, max_batch_size=MAX_TASKS_PER_REQUEST, max_latency_ms=30_000)
-    def classify(self, tasks: TaskList) -> list[DecisionOut]:
+    async def classify(self, tasks: TaskList) -> list[DecisionOut]:
         """Scores tasks and decides which escalate. Requests are batched together under load."""
         decisions = self.runtime.classify([t.text for t in tasks], [t.role for t in tasks])
         return [
