@@ -19,12 +19,11 @@ from pathlib import Path
 
 import json
 
-import httpx
 import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, free_port, running_service, verdict  # noqa: E402
+from benchmarks.common import ROOT, KeepAliveClient, free_port, running_service, verdict  # noqa: E402
 
 ROUNDS, PER_ROUND = 10, 60
 SYSTEM = {"role": "system", "content": "You are a careful engineer."}
@@ -64,19 +63,20 @@ def main() -> None:
         return [SYSTEM, {"role": "user", "content": tasks[next(turn) % len(tasks)]}]
     try:
         with running_service(str(config_file)) as (url, _pid, _ready):
-            direct_client, shim_client = httpx.Client(timeout=30), httpx.Client(timeout=30)
+            direct_client, shim_client = KeepAliveClient(base), KeepAliveClient(url)
 
             def direct() -> float:
                 t = time.perf_counter()
-                direct_client.post(f"{base}/chat/completions", json={"model": model, "messages": messages()}).raise_for_status()
+                status, _, data = direct_client.post("/v1/chat/completions", {"model": model, "messages": messages()})
+                assert status == 200, data
                 return (time.perf_counter() - t) * 1000
 
             def shim() -> tuple[float, float, str]:
                 t = time.perf_counter()
-                r = shim_client.post(f"{url}/v1/chat/completions", json={"model": "implementer", "messages": messages()})
+                status, headers, data = shim_client.post("/v1/chat/completions", {"model": "implementer", "messages": messages()})
                 total = (time.perf_counter() - t) * 1000
-                r.raise_for_status()
-                return total, classify_ms(r.headers), r.headers["x-model-used"]
+                assert status == 200, data
+                return total, classify_ms(headers), headers["x-model-used"]
 
             for _ in range(30):
                 direct(), shim()
