@@ -93,31 +93,33 @@ def write_test_config(path: Path, base_url: str, **changes) -> Path:
     return path
 
 
+def start_service(config: Path, log_path: Path, log, env: dict | None = None, **popen) -> tuple[subprocess.Popen, str]:
+    """`escalation serve --config CONFIG` on a free loopback port; returns once /readyz answers 200."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--config", str(config)],
+                            cwd=ROOT, env=env or dict(os.environ), stdout=log, stderr=subprocess.STDOUT, **popen)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited: {log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"service not ready: {log_path.read_text()[-3000:]}")
+
+
 @pytest.fixture(scope="session")
 def service(trained, fake_provider, tmp_path_factory):
     """A real `escalation serve` on loopback, against the fake provider. Yields its base URL."""
     folder = tmp_path_factory.mktemp("service")
     config = write_test_config(folder / "routing.yaml", fake_provider.base_url)
-    port = free_port()
     log = open(folder / "service.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--config", str(config)],
-        cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited: {(folder / 'service.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    else:
-        proc.kill()
-        raise RuntimeError(f"service not ready: {(folder / 'service.log').read_text()[-3000:]}")
+    proc, url = start_service(config, folder / "service.log", log)
     yield type("Service", (), {"url": url, "proc": proc, "log": folder / "service.log", "config": config})
     proc.terminate()
     try:
