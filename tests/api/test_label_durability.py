@@ -3,12 +3,26 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 
 import httpx
 from sqlalchemy import select
 
 from escalation import store
 from tests.conftest import start_service, write_test_config
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants (BentoML starts its worker in a process group of its own)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid] + [p for child in out for p in process_tree(int(child))]
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/status").read().lower()
+    except FileNotFoundError:
+        return "zombie"
 
 
 def test_acknowledged_labels_survive_a_kill_right_after_the_answer(trained, fake_provider, tmp_path):
@@ -24,8 +38,7 @@ def test_acknowledged_labels_survive_a_kill_right_after_the_answer(trained, fake
 
     config = write_test_config(tmp_path / "routing.yaml", fake_provider.base_url)
     log = open(tmp_path / "log", "w")
-    # its own session, so one killpg reaches the CLI, BentoML and its worker
-    proc, url = start_service(config, tmp_path / "log", log, env=dict(os.environ, ESCALATION_DB_URL=db_url), start_new_session=True)
+    proc, url = start_service(config, tmp_path / "log", log, env=dict(os.environ, ESCALATION_DB_URL=db_url))
     try:
         acknowledged = []
         with httpx.Client(timeout=30, headers={"authorization": f"Bearer {token}"}) as client:
@@ -33,11 +46,14 @@ def test_acknowledged_labels_survive_a_kill_right_after_the_answer(trained, fake
                 r = client.post(f"{url}/review/api/labels", json={"item_id": item, "verdict": "critical", "note": "shared data"})
                 assert r.status_code == 200, r.text
                 acknowledged.append(item)
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole tree, the instant the last answer arrived
+        tree = process_tree(proc.pid)  # the CLI exec'd into BentoML's supervisor, and its worker
+        for pid in tree:  # the instant the last answer arrived
+            os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        assert len(tree) >= 2 and not any(os.path.exists(f"/proc/{pid}") and "zombie" not in _state(pid) for pid in tree)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in process_tree(proc.pid) if proc.poll() is None else []:
+            os.kill(pid, signal.SIGKILL)
 
     store._engines.pop(db_url, None)  # read the file afresh, as the next process would
     with store.engine(db_url).connect() as conn:
