@@ -38,7 +38,10 @@ def test_acknowledged_labels_survive_a_kill_right_after_the_answer(trained, fake
 
     config = write_test_config(tmp_path / "routing.yaml", fake_provider.base_url)
     log = open(tmp_path / "log", "w")
-    proc, url = start_service(config, tmp_path / "log", log, env=dict(os.environ, ESCALATION_DB_URL=db_url))
+    # its own BentoML home: BentoML empties <home>/prometheus_multiproc_dir at start, which would
+    # wipe the metrics of the session's service
+    env = dict(os.environ, ESCALATION_DB_URL=db_url, BENTOML_HOME=str(tmp_path / "bentoml"))
+    proc, url = start_service(config, tmp_path / "log", log, env=env)
     try:
         acknowledged = []
         with httpx.Client(timeout=30, headers={"authorization": f"Bearer {token}"}) as client:
