@@ -199,14 +199,14 @@ def serve(host, port, config_path):
     except ConfigError as e:
         fail(str(e))
     uri = config.classifier.model_uri
-    if local_copy(uri) is None and version_for(uri) is None:
-        if parse_uri(uri) != (settings.MODEL_NAME, settings.CHAMPION):
-            fail(f"no model at {uri}; register one or point classifier.model_uri at an existing version")
-        click.echo(f"no model at {uri}: training the default model from {settings.CORPUS} first")
-        from training.train import train as run
+    if local_copy(uri) is None:  # not in the local cache: ask the registry (and train if it is empty)
+        if version_for(uri) is None:
+            if parse_uri(uri) != (settings.MODEL_NAME, settings.CHAMPION):
+                fail(f"no model at {uri}; register one or point classifier.model_uri at an existing version")
+            click.echo(f"no model at {uri}: training the default model from {settings.CORPUS} first")
+            from training.train import train as run
 
-        run(settings.CORPUS, config_path=path)
-    if local_copy(uri) is None:
+            run(settings.CORPUS, config_path=path)
         fetch(uri)  # into the local cache, where the worker finds it without importing mlflow
     env = dict(os.environ, ESCALATION_CONFIG=str(path), BENTOML_DO_NOT_TRACK="True", MLFLOW_TRACKING_URI=settings.tracking_uri(),
                ESCALATION_DB_URL=settings.db_url())

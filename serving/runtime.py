@@ -233,14 +233,16 @@ class Runtime:
         return self.apply_config(target["content"], target["source"], f"rollback to {target['version']}")
 
     # ----- deciding ----------------------------------------------------------------------------
-    def _decide(self, arm: Arm, texts: list[str], roles: list[str | None]) -> list[Decision]:
+    def _decide(self, arm: Arm, texts: list[str], roles: list[str | None]) -> tuple[list[Decision], float]:
+        """The decisions and the seconds scoring took (observed in the latency histogram)."""
         started = time.perf_counter()
         decisions = arm.decider.decide(texts, roles)
-        self.metrics.classifier_latency.labels(self.slot.version, arm.config_version).observe(time.perf_counter() - started)
-        return decisions
+        elapsed = time.perf_counter() - started
+        self.metrics.classifier_latency.labels(self.slot.version, arm.config_version).observe(elapsed)
+        return decisions, elapsed
 
     def classify(self, texts: list[str], roles: list[str | None]) -> list[Decision]:
-        decisions = self._decide(self.baseline, texts, roles)
+        decisions, _ = self._decide(self.baseline, texts, roles)
         for text, role, d in zip(texts, roles, decisions):
             self._record_decision(new_id(), "classify", text, role, d, self.baseline)
         return decisions
@@ -313,9 +315,8 @@ class Runtime:
         if override == "forbid" and not policy.allow_forbid:
             raise RequestError(f"forbidding escalation is not allowed for role {role} by config {arm.config_version}", 403, "escalation")
 
-        started = time.perf_counter()
-        d = self._decide(arm, [text], [role])[0]
-        classify_ms = (time.perf_counter() - started) * 1000
+        decisions, elapsed = self._decide(arm, [text], [role])
+        d, classify_ms = decisions[0], elapsed * 1000
         reasons = list(d.reasons)
         escalate = d.escalate
         if override == "force":

@@ -74,7 +74,8 @@ def last_user_message(messages) -> str:
     raise RequestError("messages has no user message; the shim classifies the last user message", param="messages")
 
 
-def decision_headers(rd, extra: dict | None = None) -> dict:
+def decision_headers(rd, extra: dict | None = None, attempts=None) -> dict:
+    """The decision's headers; with the provider attempts, Server-Timing also gives their time."""
     d = rd.decision
     headers = {
         "x-request-id": rd.request_id,
@@ -83,21 +84,19 @@ def decision_headers(rd, extra: dict | None = None) -> dict:
         "x-escalation-threshold": "" if d.threshold != d.threshold else f"{d.threshold:.6f}",
         "x-model-version": d.model_version,
         "x-config-version": rd.arm.config_version,
-        "server-timing": f"classify;dur={rd.classify_ms:.2f}",
+        "server-timing": f"classify;dur={rd.classify_ms:.2f}"
+                         + (f", provider;dur={sum(a.latency_ms for a in attempts):.2f}" if attempts is not None else ""),
     }
     headers.update(extra or {})
     return headers
 
 
-def attempt_headers(attempts, used: str | None, rd=None) -> dict:
-    headers = {
+def attempt_headers(attempts, used: str | None) -> dict:
+    return {
         "x-model-used": used or "",
         "x-fallback-path": " > ".join(a.describe() for a in attempts),
         "x-cost-usd": f"{sum(a.cost_usd for a in attempts):.6f}",
     }
-    if rd is not None:
-        headers["server-timing"] = f"classify;dur={rd.classify_ms:.2f}, provider;dur={sum(a.latency_ms for a in attempts):.2f}"
-    return headers
 
 
 @bentoml.service(name="escalation", workers=1, traffic={"timeout": 300, "concurrency": 512})
@@ -175,8 +174,8 @@ class EscalationService:
                 return StreamingResponse(_with_cost_trailer(result), media_type="text/event-stream", headers=headers)
             data, attempts = await self.runtime.complete(rd, body)
         except ProviderError as e:
-            return JSONResponse(e.openai_error(), status_code=e.http_status, headers=decision_headers(rd, attempt_headers(e.attempts, None, rd)))
-        return JSONResponse(data, headers=decision_headers(rd, attempt_headers(attempts, attempts[-1].model, rd)))
+            return JSONResponse(e.openai_error(), status_code=e.http_status, headers=decision_headers(rd, attempt_headers(e.attempts, None), e.attempts))
+        return JSONResponse(data, headers=decision_headers(rd, attempt_headers(attempts, attempts[-1].model), attempts))
 
     # ----- review ------------------------------------------------------------------------------
     @app.get("/review")
