@@ -107,6 +107,10 @@ def write_compiled(folder: Path, semantic, lexical, X_check: np.ndarray, texts_c
         return False
     arrays, vocabulary = compiled
     semantic_fn, lexical_fn = predictors(arrays, vocabulary)
+    # The arrays score in float64. A head fitted on float32 features (the embeddings are float32)
+    # keeps float32 weights, and scikit-learn then scores float32 rows in float32, 1e-7 away from
+    # the same weights in float64; compared on float64 rows, scikit-learn computes what the arrays do.
+    X_check = np.asarray(X_check, dtype=np.float64)
     if semantic is not None and not np.allclose(semantic_fn(X_check), semantic.predict_proba(X_check)[:, 1], rtol=0, atol=1e-9):
         return False
     texts_check = list(texts_check) + ["", "zzzz qqqq"]

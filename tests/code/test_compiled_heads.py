@@ -60,3 +60,20 @@ def test_written_heads_load_back_and_score_the_same(tmp_path):
     semantic, lexical = load_compiled(tmp_path)
     np.testing.assert_allclose(semantic(X), head.predict_proba(X)[:, 1], rtol=0, atol=1e-9)
     np.testing.assert_allclose(lexical(TEXTS), pipe.predict_proba(TEXTS)[:, 1], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("head", [
+    LogisticRegression(max_iter=500),
+    MLPClassifier(hidden_layer_sizes=(16,), max_iter=300, random_state=0),
+], ids=["logreg", "mlp"])
+def test_heads_fitted_on_float32_features_are_written(tmp_path, head):
+    """Training fits on float32 features (embeddings), so logistic regression and the MLP keep
+    float32 weights and scikit-learn scores them in float32. Their numpy copies score the same
+    weights in float64: they must still be written, and agree with the estimator evaluated in
+    float64 to 1e-9 and with its own float32 arithmetic to float32 precision."""
+    X32 = X.astype(np.float32)
+    head.fit(X32, y)
+    assert write_compiled(tmp_path, head, None, X32[:64], []) is True
+    semantic, _ = load_compiled(tmp_path)
+    np.testing.assert_allclose(semantic(X32), head.predict_proba(X32.astype(np.float64))[:, 1], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(semantic(X32), head.predict_proba(X32)[:, 1], rtol=0, atol=1e-5)

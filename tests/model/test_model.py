@@ -88,7 +88,8 @@ def test_score_does_not_depend_on_batch_composition(model):
 
 
 def test_served_numpy_heads_reproduce_the_scikit_learn_heads(model):
-    """heads.npz is what the service runs; it must score exactly like the fitted estimators."""
+    """heads.npz is what the service runs; it must score exactly like the fitted estimators
+    (evaluated in float64, as the arrays are: see escalation/compiled.py write_compiled)."""
     import joblib
 
     from escalation.model import features
@@ -99,7 +100,7 @@ def test_served_numpy_heads_reproduce_the_scikit_learn_heads(model):
     embeddings = model.encoder.encode(texts)
     parts = []
     if (model.folder / "head.joblib").exists():
-        parts.append(joblib.load(model.folder / "head.joblib").predict_proba(features(embeddings, roles))[:, 1])
+        parts.append(joblib.load(model.folder / "head.joblib").predict_proba(features(embeddings, roles).astype(np.float64))[:, 1])
     if (model.folder / "lexical.joblib").exists():
         parts.append(joblib.load(model.folder / "lexical.joblib").predict_proba(texts)[:, 1])
     np.testing.assert_allclose(model.raw_scores(embeddings, roles, texts), np.mean(parts, axis=0), rtol=0, atol=1e-9)
