@@ -132,11 +132,13 @@ def score(file, model_uri):
 
 @main.command()
 @click.option("--force", is_flag=True, help="promote even if the gate refuses")
-def promote(force):
+@click.option("--corpus", default=str(settings.CORPUS), type=click.Path(exists=True, dir_okay=False),
+              help="labeled corpus whose test split the gate compares on")
+def promote(force, corpus):
     """Move @champion to @challenger if recall at the budget does not drop."""
     from training.promote import promote as run
 
-    ok = run(force=force)
+    ok = run(force=force, corpus=corpus)
     _notify_service()
     sys.exit(0 if ok else 1)
 

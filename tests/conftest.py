@@ -127,3 +127,96 @@ def service(trained, fake_provider, tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+# ----- a registry of its own: champion and a worse challenger ------------------------------------
+GATE_SAMPLE = {"train": 1000, "test_critical": 100, "test_routine": 400}
+
+
+@pytest.fixture(scope="session")
+def weak_challenger(tmp_path_factory):
+    """A deliberately worse model, trained in seconds and not registered anywhere.
+
+    Logistic regression alone (no lexical head, 2 CV folds) on 1,000 train rows whose labels are
+    shuffled, so it has learned nothing; its threshold is calibrated on a sample of the frozen test
+    split (100 critical, 400 routine rows). That corpus file is returned too: the promotion gate
+    compares on its test split, which keeps each gate run to a few hundred texts. Embeddings come
+    from the shared cache in var/ (every text is in the corpus), so no text is encoded here.
+    """
+    import numpy as np
+
+    from training.corpus import load_rows, write_rows
+    from training.train import load_training_config, train
+
+    rng = np.random.default_rng(7)
+    rows = load_rows(ROOT / "data" / "tasks.jsonl")
+    by_kind = {
+        "train": [r for r in rows if r.split == "train"],
+        "test_critical": [r for r in rows if r.split == "test" and r.label == 1],
+        "test_routine": [r for r in rows if r.split == "test" and r.label == 0],
+    }
+    picked = {k: [by_kind[k][i] for i in sorted(rng.choice(len(by_kind[k]), n, replace=False))] for k, n in GATE_SAMPLE.items()}
+    shuffled = rng.permutation([r.label for r in picked["train"]])
+    train_rows = [r.model_copy(update={"label": int(y)}) for r, y in zip(picked["train"], shuffled)]
+    folder = tmp_path_factory.mktemp("weak_challenger")
+    corpus = folder / "corpus.jsonl"
+    write_rows(train_rows + picked["test_critical"] + picked["test_routine"], corpus)
+    tc = dict(load_training_config(), heads=["logreg"], lexical=False, cv_folds=2, index_size=200)
+    result = train(corpus, config_path=ROOT / "config" / "routing.yaml", training_config=tc, register=False, log=lambda *a: None)
+    return type("WeakChallenger", (), {"folder": result.folder, "corpus": corpus})
+
+
+@pytest.fixture
+def private_registry(trained, weak_challenger, tmp_path, monkeypatch):
+    """An MLflow store, service database and state folder of this test's own, so the session's
+    champion (and every other test using it) is never disturbed: the session's model is registered
+    as v1 (@champion), the weak challenger as v2 (@challenger).
+
+    In this process the stores move through the environment and `settings.VAR`; `env` carries the
+    same for child processes (`escalation serve`). The state folder links the
+    shared encoder export and embedding cache, so nothing is exported or embedded again, and model
+    copies and ledger journals stay in tmp_path. MLflow artifacts go to tmp_path too.
+    """
+    import json
+
+    from escalation import settings
+    from escalation.predict import load_model
+    from escalation.registry import client
+    from training.train import log_to_mlflow
+
+    var = tmp_path / "var"
+    var.mkdir()
+    for cache in ("encoders", "embeddings"):
+        (var / cache).symlink_to((settings.VAR / cache).resolve(), target_is_directory=True)
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "ESCALATION_DB_URL": f"sqlite:///{tmp_path / 'escalation.db'}",
+        "ESCALATION_VAR": str(var),
+        # `escalation promote` asks a service here to reload: nobody listens, not a stray one on :3000
+        "ESCALATION_SERVICE_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(settings, "VAR", var)
+    client().create_experiment(settings.EXPERIMENT_NAME, artifact_location=(tmp_path / "mlartifacts").as_uri())
+    versions = []
+    for name, folder in (("champion", trained.folder), ("weak challenger", weak_challenger.folder)):
+        meta = json.loads((folder / "meta.json").read_text())
+        params = {"head": meta["head"], "corpus_hash": meta["corpus_hash"], "threshold": meta["threshold"]["value"]}
+        versions.append(log_to_mlflow(folder, meta, params, {}, run_name=f"test {name}")[1])
+    assert versions == ["1", "2"]
+    models = {v: load_model(f"models:/{settings.MODEL_NAME}/{v}") for v in versions}  # into var/models, where the service looks
+    yield type("PrivateRegistry", (), {
+        "env": dict(os.environ), "champion": "1", "challenger": "2", "models": models, "gate_corpus": weak_challenger.corpus,
+        "db_url": env["ESCALATION_DB_URL"],
+    })
+
+
+def gate_runs() -> list:
+    """The `promotion-gate` MLflow runs of the current store, oldest first."""
+    from escalation import settings
+    from escalation.registry import client
+
+    c = client()
+    exp = c.get_experiment_by_name(settings.EXPERIMENT_NAME)
+    return c.search_runs([exp.experiment_id], filter_string="tags.kind = 'promotion-gate'", order_by=["attributes.start_time ASC"])
