@@ -37,14 +37,21 @@ def _traffic_rate(model, rows, prior: float) -> float:
     return weighted_rate(s, model.threshold, traffic_weights(y, len(y), prior))
 
 
-def shadow_agreement(challenger_version: str) -> tuple[int, float] | None:
+def shadow_agreement(challenger_version: str, champion_version: str | None = None) -> tuple[int, float] | None:
+    """(live decisions, share on which the challenger in shadow agreed with the champion).
+
+    With `champion_version`, only rows where that version was the champion count: after a promotion
+    and a rollback the same challenger has also been shadowed against other champions (itself,
+    with 100% agreement), and those rows say nothing about the champion it is compared with now.
+    """
     eng = store.engine(settings.db_url())
     t = store.shadow_scores
+    query = (select(func.count(), func.sum((t.c.champion_escalate == t.c.challenger_escalate).cast(Integer)))
+             .where(t.c.challenger_version == challenger_version))
+    if champion_version is not None:
+        query = query.where(t.c.champion_version == champion_version)
     with eng.connect() as conn:
-        n, agree = conn.execute(
-            select(func.count(), func.sum((t.c.champion_escalate == t.c.challenger_escalate).cast(Integer)))
-            .where(t.c.challenger_version == challenger_version)
-        ).one()
+        n, agree = conn.execute(query).one()
     return (int(n), float(agree or 0) / n) if n else None
 
 
@@ -95,7 +102,7 @@ def promote(force: bool = False, corpus=settings.CORPUS, log=print) -> bool:
     log(f"recall@budget, test split  {fmt(result['test_recall'][0]):>14}   {fmt(result['test_recall'][1]):>14}   ({len(test_rows)} rows)")
     log(f"recall@budget, reviewed    {fmt(result['reviewed_recall'][0]):>14}   {fmt(result['reviewed_recall'][1]):>14}   ({len(reviewed)} rows)")
     log(f"escalation rate (traffic)  {'':>14}   {result['challenger_traffic_rate']:>14.4f}   (bound {result['challenger_rate_bound']:.4f})")
-    shadow = shadow_agreement(chall_v)
+    shadow = shadow_agreement(chall_v, champ_v)
     if shadow:
         log(f"shadow agreement with the champion: {shadow[1]:.1%} of {shadow[0]} live decisions")
     accepted = not result["refusals"]
