@@ -2,7 +2,9 @@
 
 A row is first appended to a local journal file (one JSON line, written with os.write so it is in the
 kernel before the response goes out: a crash of the process loses nothing acknowledged), then a
-background thread inserts journal rows into the database in batches and advances a checkpoint. On
+background thread inserts journal rows into the database every `flush_interval_s` (sooner when a
+batch's worth is waiting) and advances a checkpoint. Waking per row cost a transaction and a
+checkpoint write per request, 14% of the worker's CPU under sequential load (py-spy). On
 start, rows the journal holds beyond the checkpoint are inserted again; primary keys make that
 idempotent. If the database is down, rows wait in the journal and the service keeps answering.
 """
@@ -45,6 +47,8 @@ class LedgerWriter:
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._pending = 0  # rows written since the last flush began; wakes the writer at `batch`
+        self._flushed_to: int | None = None  # journal offset of the last flush (None: read the checkpoint)
         self.failures = 0
         self.recover()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
@@ -58,12 +62,16 @@ class LedgerWriter:
             line = (json.dumps({"table": table, "row": row}, default=_json_default, separators=(",", ":")) + "\n").encode()
             with self._lock:
                 os.write(self._fd, line)
-            self._wake.set()
+                self._pending += 1
+                if self._pending >= self.batch:
+                    self._wake.set()
         except Exception:  # a ledger problem must never fail a response
             self.failures += 1
             log.exception("ledger journal write failed")
 
     def _offset(self) -> int:
+        if self._flushed_to is not None:
+            return self._flushed_to
         try:
             return int(self.checkpoint.read_text() or 0)
         except (FileNotFoundError, ValueError):
@@ -76,6 +84,10 @@ class LedgerWriter:
 
     def _flush(self) -> int:
         start = self._offset()
+        with self._lock:
+            self._pending = 0
+            if os.fstat(self._fd).st_size <= start:
+                return 0  # nothing new: no file reads, no transaction
         with open(self.journal, "rb") as f:
             f.seek(start)
             data = f.read()
@@ -103,6 +115,7 @@ class LedgerWriter:
         tmp = self.checkpoint.with_suffix(".tmp")
         tmp.write_text(str(start + end))
         os.replace(tmp, self.checkpoint)
+        self._flushed_to = start + end
         self._compact_if_drained(start + end)
         return sum(len(r) for r in grouped.values())
 
@@ -133,6 +146,7 @@ class LedgerWriter:
             if os.fstat(self._fd).st_size == offset:
                 os.ftruncate(self._fd, 0)
                 self.checkpoint.write_text("0")
+                self._flushed_to = 0
 
     def recover(self) -> None:
         try:
