@@ -19,10 +19,10 @@ effective one does not is *held back* (and says so in its reasons); the reverse 
 """
 from __future__ import annotations
 
+import bisect
+import math
 import threading
 from collections import deque
-
-import numpy as np
 
 
 class BudgetController:
@@ -33,15 +33,19 @@ class BudgetController:
         self.budget, self.mode, self.window, self.min_samples, self.gain = budget, mode, window, min_samples, gain
         # the quantile window can't be shorter than the warm-up, or the controller would never act
         self.fast = max(fast or min_samples, min_samples)
-        self._scores: deque[float] = deque(maxlen=self.fast)
-        self._escalated: deque[int] = deque(maxlen=window)
+        # The controller runs once per task on the serving hot path, so it keeps its windows sorted
+        # and summed as they change rather than sorting or summing them on every decision.
+        self._scores: deque[float] = deque()
+        self._sorted: list[float] = []
+        self._escalated: deque[int] = deque()
+        self._escalated_sum = 0
         self._lock = threading.Lock()
         self.held_back = 0
         self.boosted = 0
 
     @property
     def realised_rate(self) -> float:
-        return sum(self._escalated) / len(self._escalated) if self._escalated else 0.0
+        return self._escalated_sum / len(self._escalated) if self._escalated else 0.0
 
     def effective_threshold(self, static_threshold: float) -> float:
         if self.mode == "off" or len(self._scores) < self.min_samples:
@@ -50,7 +54,7 @@ class BudgetController:
         target = min(max(target, 0.0), 3 * self.budget)
         if target <= 0:
             return float("inf")
-        return float(np.quantile(np.fromiter(self._scores, float), 1 - target))
+        return _quantile(self._sorted, 1 - target)
 
     def decide(self, score: float, static_threshold: float) -> tuple[bool, float, str | None]:
         """Returns (escalate, effective threshold, None | 'held_back' | 'boosted') and records it."""
@@ -67,12 +71,32 @@ class BudgetController:
                 self.held_back += 1
             if action == "boosted" and self.mode == "hard":
                 self.boosted += 1
-            self._scores.append(score)
-            self._escalated.append(int(escalate))
+            self._remember(score, int(escalate))
             return escalate, effective, action
+
+    def _remember(self, score: float, escalated: int) -> None:
+        self._scores.append(score)
+        bisect.insort(self._sorted, score)
+        if len(self._scores) > self.fast:
+            del self._sorted[bisect.bisect_left(self._sorted, self._scores.popleft())]
+        self._escalated.append(escalated)
+        self._escalated_sum += escalated
+        if len(self._escalated) > self.window:
+            self._escalated_sum -= self._escalated.popleft()
 
     def forget(self) -> None:
         """Called when the model changes: old scores are on another model's scale."""
         with self._lock:
             self._scores.clear()
+            self._sorted.clear()
             self._escalated.clear()
+            self._escalated_sum = 0
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """numpy.quantile's default ('linear') on an already sorted list, to the same rounding."""
+    h = (len(ordered) - 1) * q
+    lo = math.floor(h)
+    hi = min(lo + 1, len(ordered) - 1)
+    a, b, t = ordered[lo], ordered[hi], h - lo
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
