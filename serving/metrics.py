@@ -42,3 +42,4 @@ class Metrics:
         self.model_info = Gauge(PREFIX + "model_info", "1 for the model and config versions being served", v, multiprocess_mode="mostrecent")
         self.review_queued = Counter(PREFIX + "review_queued_total", "Decisions queued for review", ["reason", *v])
         self.shadow_agreement = Counter(PREFIX + "shadow_decisions_total", "Shadow (challenger) decisions by agreement", ["agree", "challenger_version", *v])
+        self.shadow_dropped = Counter(PREFIX + "shadow_dropped_total", "Tasks the shadow skipped because the challenger fell behind")

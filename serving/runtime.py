@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import random
 import re
 import threading
@@ -112,6 +113,9 @@ def _num(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 6)
 
 
+SHADOW_QUEUE = 10_000  # tasks waiting for the challenger before the shadow drops new ones
+
+
 class Runtime:
     def __init__(self, config_path: str | Path | None = None, db_url: str | None = None, loader=None, start_ledger: bool = True):
         self.db_url = db_url or settings.db_url()
@@ -133,6 +137,10 @@ class Runtime:
         self._record_config(path.read_text(), str(path), version, "start")
         self.canary = Canary(self) if config.canary.enabled else None
         self.shadow_slot = self._shadow_slot(config)
+        # Shadow scoring runs on its own thread, so it never adds to a response's latency. When it
+        # falls behind, tasks are dropped from the shadow (and counted), never queued without bound.
+        self._shadow_queue: queue.Queue = queue.Queue(maxsize=SHADOW_QUEUE)
+        threading.Thread(target=self._shadow_worker, name="shadow", daemon=True).start()
         self._rng = random.Random()
         self._publish_info()
         if config.classifier.reload_poll_s > 0:
@@ -194,7 +202,7 @@ class Runtime:
             try:
                 self.shadow_slot.reload()
             except Exception:
-                pass
+                log.error("shadow model %s not reloaded: %s", self.shadow_slot.uri, self.shadow_slot.error)
         return {"previous_version": old, "model_version": new, "changed": old != new}
 
     def _poll_registry(self, every_s: float) -> None:
@@ -265,8 +273,13 @@ class Runtime:
             m.controller_holds.labels(d.controller, *v).inc()
         if d.source == "model":
             self._maybe_queue_for_review(decision_id, text, role, d, arm)
-            if self.shadow_slot and self.shadow_slot.model is not None:
-                self._shadow(text, role, d, arm)
+            shadow = self.shadow_slot
+            # After a promotion both aliases name one version: nothing to compare.
+            if shadow and shadow.model is not None and shadow.version != d.model_version:
+                try:
+                    self._shadow_queue.put_nowait((text, role, d, arm))
+                except queue.Full:
+                    self.metrics.shadow_dropped.inc()
 
     def _maybe_queue_for_review(self, decision_id: str, text: str, role: str | None, d: Decision, arm: Arm) -> None:
         review = arm.config.review
@@ -282,20 +295,31 @@ class Runtime:
         })
         self.metrics.review_queued.labels(reason, d.model_version, arm.config_version).inc()
 
-    def _shadow(self, text: str, role: str | None, d: Decision, arm: Arm) -> None:
-        challenger = self.shadow_slot.model
-        try:
-            s = float(challenger.score([text], [role]).score[0])
-        except Exception:
-            log.exception("shadow scoring failed")
-            return
-        agree = (s >= challenger.threshold) == d.escalate
-        self.ledger.write("shadow_scores", {
-            "time": store.utcnow(), "champion_version": d.model_version, "challenger_version": challenger.version,
-            "champion_score": d.score, "challenger_score": s, "champion_escalate": d.escalate,
-            "challenger_escalate": s >= challenger.threshold,
-        })
-        self.metrics.shadow_agreement.labels(str(agree).lower(), challenger.version, d.model_version, arm.config_version).inc()
+    def _shadow_worker(self) -> None:
+        """Scores queued tasks with the challenger, a batch at a time, and records the comparison."""
+        while True:
+            items = [self._shadow_queue.get()]
+            while len(items) < 64 and not self._shadow_queue.empty():
+                items.append(self._shadow_queue.get_nowait())
+            slot = self.shadow_slot
+            challenger = slot.model if slot else None
+            if challenger is None:
+                continue
+            try:
+                scores = challenger.score([t for t, *_ in items], [r for _, r, *_ in items]).score
+            except Exception:
+                log.exception("shadow scoring failed")
+                continue
+            for (text, role, d, arm), s in zip(items, scores):
+                s = float(s)
+                challenger_escalates = s >= challenger.threshold
+                self.ledger.write("shadow_scores", {
+                    "time": store.utcnow(), "champion_version": d.model_version, "challenger_version": challenger.version,
+                    "champion_score": d.score, "challenger_score": s, "champion_escalate": d.escalate,
+                    "challenger_escalate": challenger_escalates,
+                })
+                agree = challenger_escalates == d.escalate
+                self.metrics.shadow_agreement.labels(str(agree).lower(), challenger.version, d.model_version, arm.config_version).inc()
 
     def _pick_arm(self) -> Arm:
         if self.canary and self.canary.active and self._rng.random() < self.canary.share:
