@@ -36,6 +36,8 @@ class Metrics:
         self.circuit_open = Gauge(PREFIX + "circuit_open", "1 while a model's circuit is open", ["model"], multiprocess_mode="mostrecent")
         self.classifier_latency = Histogram(PREFIX + "classifier_latency_seconds", "Time to score a batch", v,
                                             buckets=(0.002, 0.004, 0.006, 0.008, 0.012, 0.02, 0.05, 0.1, 0.25, 1.0))
+        self.batch_size = Histogram(PREFIX + "classify_batch_size", "Tasks per scored /classify batch (concurrent requests merged)", v,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.provider_latency = Histogram(PREFIX + "provider_latency_seconds", "Provider call latency", ["model", "status", *v],
                                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
         self.canary_rollbacks = Counter(PREFIX + "canary_rollbacks_total", "Automatic canary rollbacks", ["reason", *v])

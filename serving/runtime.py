@@ -249,6 +249,9 @@ class Runtime:
         self.metrics.classifier_latency.labels(self.slot.version, arm.config_version).observe(elapsed)
         return decisions, elapsed
 
+    def observe_batch(self, size: int) -> None:
+        self.metrics.batch_size.labels(self.slot.version, self.baseline.config_version).observe(size)
+
     def classify(self, texts: list[str], roles: list[str | None]) -> list[Decision]:
         decisions, _ = self._decide(self.baseline, texts, roles)
         for text, role, d in zip(texts, roles, decisions):

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from escalation.schema import MAX_TASKS_PER_REQUEST, MAX_TEXT_CHARS, ROLES, DecisionOut, Neighbour, TaskList
+from serving.batcher import AdaptiveBatcher
 from serving.errors import OVERRIDE_HEADER, RequestError
 from serving.shim import ProviderError
 
@@ -116,25 +117,19 @@ class EscalationService:
 
         self.runtime = Runtime()
         self.admin_token_env = self.runtime.config.admin_token_env
+        self.batcher = AdaptiveBatcher(self.runtime.classify, MAX_TASKS_PER_REQUEST, on_batch=self.runtime.observe_batch)
 
     def __is_ready__(self) -> bool:
         return self.runtime.slot.model is not None
 
-    # max_latency_ms is when BentoML gives up on a queued request (503), not a wait: batches form
-    # only while the worker is busy, so an idle service answers at once. `async` on purpose: a lone
-    # task is scored on the event loop's thread, which measured 3-4 ms faster than BentoML handing a
-    # sync method to a thread pool; a merged batch (tens of ms) is scored in a thread, so the loop
-    # keeps reading requests, answering health checks and forming the next batch meanwhile.
-    # The ContentType spares BentoML rebuilding the output's JSON schema on every response to find
-    # its media type (5% of the worker's CPU under sequential load, py-spy).
-    @bentoml.api(batchable=True, max_batch_size=MAX_TASKS_PER_REQUEST, max_latency_ms=30_000)
+    # Adaptive batching is serving/batcher.py's, not BentoML's `batchable=True`, whose dispatcher
+    # runs one batch at a time (see the module for the measurement). The ContentType spares BentoML
+    # rebuilding the output's JSON schema on every response to find its media type (5% of the
+    # worker's CPU under sequential load, py-spy).
+    @bentoml.api
     async def classify(self, tasks: TaskList) -> Annotated[list[DecisionOut], ContentType("application/json")]:
-        """Scores tasks and decides which escalate. Requests are batched together under load."""
-        texts, roles = [t.text for t in tasks], [t.role for t in tasks]
-        if len(tasks) == 1:
-            decisions = self.runtime.classify(texts, roles)
-        else:
-            decisions = await asyncio.to_thread(self.runtime.classify, texts, roles)
+        """Scores tasks and decides which escalate. Concurrent requests are batched together."""
+        decisions = await self.batcher.submit([t.text for t in tasks], [t.role for t in tasks])
         return [
             DecisionOut(
                 id=t.id, escalate=d.escalate, score=_num(d.score), probability=_num(d.probability), threshold=_num(d.threshold),
