@@ -113,6 +113,16 @@ def start_service(config: Path, log_path: Path, log, env: dict | None = None, **
     raise RuntimeError(f"service not ready: {log_path.read_text()[-3000:]}")
 
 
+def stop_service(proc: subprocess.Popen, log, timeout: float = 30) -> None:
+    """Stops what `start_service` started: SIGTERM, then SIGKILL if it has not exited in `timeout` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
 @pytest.fixture(scope="session")
 def service(trained, fake_provider, tmp_path_factory):
     """A real `escalation serve` on loopback, against the fake provider. Yields its base URL."""
@@ -121,12 +131,7 @@ def service(trained, fake_provider, tmp_path_factory):
     log = open(folder / "service.log", "w")
     proc, url = start_service(config, folder / "service.log", log)
     yield type("Service", (), {"url": url, "proc": proc, "log": folder / "service.log", "config": config})
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_service(proc, log, timeout=20)
 
 
 # ----- a registry of its own: champion and a worse challenger ------------------------------------

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from escalation import store
-from tests.conftest import ADMIN_TOKEN, gate_runs, start_service, write_test_config
+from tests.conftest import ADMIN_TOKEN, gate_runs, start_service, stop_service, write_test_config
 from training.promote import promote, shadow_agreement
 
 TASKS = [
@@ -117,12 +117,7 @@ def test_shadow_scores_the_challenger_without_acting_on_it(private_registry, fak
         for pid in process_tree(proc.pid):
             assert "/sklearn/" not in open(f"/proc/{pid}/maps").read(), f"process {pid} loaded scikit-learn"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_service(proc, log)
 
     # what `escalation promote` reads and prints, and logs with the gate's run
     assert shadow_agreement(reg.challenger, reg.champion) == (len(rows), agree / len(rows))
