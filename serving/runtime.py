@@ -28,7 +28,7 @@ from serving.canary import Canary
 from serving.decider import Decider, Decision, ModelSlot
 from serving.ledger import LedgerWriter, new_id
 from serving.metrics import get_metrics
-from serving.shim import Attempt, ProviderChain, ProviderError, StreamResult
+from serving.shim import Attempt, ProviderChain, ProviderError, ProviderHTTP, StreamResult
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class Runtime:
         self.metrics = get_metrics()
         self.spend = SpendTracker(self.eng)
         self._loader = loader
+        self.http = ProviderHTTP()  # one connection pool for every arm, kept across config swaps
         path = Path(config_path or settings.config_path())
         config, version = load_config(path)
         self.config_source = str(path)
@@ -148,7 +149,7 @@ class Runtime:
 
     # ----- arms, config and model --------------------------------------------------------------
     def _arm(self, name: str, config: RoutingConfig, version: str, slot: ModelSlot) -> Arm:
-        return Arm(name, config, version, Decider(config, slot), ProviderChain(config))
+        return Arm(name, config, version, Decider(config, slot), ProviderChain(config, self.http))
 
     @property
     def config(self) -> RoutingConfig:
