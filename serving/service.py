@@ -288,7 +288,8 @@ class EscalationService:
             return error(str(e), e.status, e.param)
 
     @bentoml.on_shutdown
-    def shutdown(self) -> None:
+    async def shutdown(self) -> None:
+        await self.runtime.http.aclose()  # on the event loop the provider connections belong to
         self.runtime.close()
 
 
