@@ -95,6 +95,7 @@ def train(corpus, config_path, no_reviewed):
         f"test split: roc_auc {m['roc_auc']:.4f}, recall at threshold {m['recall_at_threshold']:.4f}, "
         f"traffic-weighted escalation rate {m['escalation_rate_traffic']:.4f}"
     )
+    _notify_service()  # a running shadow starts scoring the new challenger
 
 
 @main.command()
@@ -153,7 +154,7 @@ def rollback():
 
 
 def _notify_service() -> None:
-    """Asks a running service to reload its model; silent when none runs."""
+    """Asks a running service to reload the champion (and the shadow's challenger) from the registry."""
     import httpx
 
     url = os.environ.get("ESCALATION_SERVICE_URL", "http://127.0.0.1:3000")
@@ -164,7 +165,7 @@ def _notify_service() -> None:
         r = httpx.post(f"{url}/admin/reload", headers={"authorization": f"Bearer {token}"}, timeout=60)
         click.echo(f"service at {url}: {r.json()}")
     except httpx.HTTPError:
-        click.echo(f"no service answering at {url}; it will load the new champion when it starts")
+        click.echo(f"no service answering at {url}; it loads the registry's models when it starts")
 
 
 # ----- serve -----------------------------------------------------------------------------------

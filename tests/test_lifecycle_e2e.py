@@ -66,7 +66,7 @@ def lifecycle(tmp_path, fake_provider, monkeypatch):
     run_cli(env, "train", "--corpus", str(tmp_path / "early.jsonl"))
 
     config = write_test_config(tmp_path / "routing.yaml", fake_provider.base_url,
-                               **{"review.sample_rate": 1.0, "review.band": 0.5})
+                               **{"review.sample_rate": 1.0, "review.band": 0.5, "shadow.enabled": True})
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env["ESCALATION_SERVICE_URL"] = url
@@ -127,6 +127,8 @@ def test_label_retrain_promote_reload_rollback(lifecycle):
     merge = json.loads(trained.split("merged reviewed labels: ", 1)[1].splitlines()[0].replace("'", '"'))
     assert merge["reviewed_rows"] == 10 and merge["reviewed_added"] + merge["reviewed_held_out"] + merge["reviewed_overrides"] + merge["reviewed_agreeing"] == 10
     assert "registered escalation-classifier version 2 as @challenger" in trained
+    status = httpx.get(f"{url}/admin/status", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+    assert (status["model_version"], status["shadow_version"]) == ("1", "2")  # train told the service: the shadow scores v2
 
     promoted = run_cli(env, "promote")
     assert "@champion -> v2 (was v1)" in promoted
