@@ -81,7 +81,8 @@ class FakeProvider:
                 with provider.lock:
                     behaviour = provider.scripts[model].popleft() if provider.scripts[model] else provider.default
                     provider.requests.append({"model": model, "behaviour": behaviour, "stream": bool(body.get("stream")),
-                                              "authorization": self.headers.get("authorization"), "time": time.time()})
+                                              "authorization": self.headers.get("authorization"), "time": time.time(),
+                                              "path": self.path})  # an absolute URL when it came through as a proxy
                 self.handle_behaviour(behaviour, model, body)
 
             def handle_behaviour(self, behaviour: str, model: str, body: dict):

@@ -22,7 +22,9 @@ LOOP = asyncio.new_event_loop()  # one loop for the module: the chain's HTTP cli
 def chain(fake_provider, tmp_path):
     fake_provider.reset()
     config, _ = load_config(write_test_config(tmp_path / "routing.yaml", fake_provider.base_url))
-    return ProviderChain(config)
+    chain = ProviderChain(config)
+    yield chain
+    run(chain.http.aclose())
 
 
 def run(coro):
@@ -138,3 +140,26 @@ def test_stream_cut_after_first_byte_ends_with_an_error_event(chain, fake_provid
     assert json.loads(last[5:])["error"]["code"] == "stream_interrupted"
     assert final.status == "stream_cut"
     assert [r["model"] for r in fake_provider.requests] == [GLM]
+
+
+def test_provider_calls_go_through_the_proxy_the_environment_names(fake_provider, tmp_path, monkeypatch):
+    """HTTP_PROXY is honoured (as httpx did) and NO_PROXY exempts a host: the fake provider plays the proxy."""
+    unreachable = "http://provider.invalid/v1"  # resolvable only by the proxy
+    config, _ = load_config(write_test_config(tmp_path / "routing.yaml", unreachable))
+    fake_provider.reset()
+    monkeypatch.setenv("HTTP_PROXY", fake_provider.base_url.rsplit("/v1", 1)[0])
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied, direct = ProviderChain(config), ProviderChain(config)
+    try:
+        data, attempts, _ = complete(proxied)
+        assert data["model"] == GLM and [a.status for a in attempts] == ["ok"]
+        assert fake_provider.requests[-1]["path"] == f"{unreachable}/chat/completions"
+
+        monkeypatch.setenv("NO_PROXY", "provider.invalid")
+        with pytest.raises(ProviderError) as err:
+            complete(direct, [GLM])
+        assert [a.status for a in err.value.attempts] == ["connection", "connection"]  # straight to the host, which does not resolve
+    finally:
+        run(proxied.http.aclose())
+        run(direct.http.aclose())
