@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -122,6 +123,12 @@ class StreamResult:
     finished: asyncio.Future = field(default=None)  # resolves to the final Attempt when the stream ends
 
 
+def _ssl_context() -> ssl.SSLContext:
+    import certifi
+
+    return ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
+
+
 class ProviderHTTP:
     """The aiohttp session provider calls share: pooled keep-alive connections.
 
@@ -131,6 +138,8 @@ class ProviderHTTP:
 
     HTTP(S)_PROXY and NO_PROXY are honoured, as httpx did, but looked up once per provider URL:
     aiohttp's `trust_env=True` reads them (and ~/.netrc) on every call, 0.6-1 ms of CPU each.
+    Certificates are checked against SSL_CERT_FILE when set, else certifi's bundle, as httpx did;
+    aiohttp alone would use the system store, which slim containers may lack.
     """
 
     def __init__(self, max_connections: int = 200):
@@ -150,7 +159,7 @@ class ProviderHTTP:
     def session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
-            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections)
+            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections, ssl=_ssl_context())
             # read_bufsize bounds one streamed line; 1 MiB leaves room for large events
             self._session = aiohttp.ClientSession(connector=connector, read_bufsize=2**20, auto_decompress=True)
             self._loop = loop

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import ssl
 import threading
 import time
 from collections import defaultdict, deque
@@ -24,7 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeProvider:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, reply: str = "Decision noted.", slow_s: float = 0.2):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, reply: str = "Decision noted.", slow_s: float = 0.2,
+                 tls: ssl.SSLContext | None = None):
         self.scripts: dict[str, deque] = defaultdict(deque)
         self.default = "ok"
         self.requests: list[dict] = []
@@ -147,8 +149,10 @@ class FakeProvider:
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
+        if tls is not None:  # HTTPS, for the certificate-verification tests
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.base_url = f"http://{host}:{self.port}/v1"
+        self.base_url = f"{'https' if tls else 'http'}://{host}:{self.port}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def start(self) -> "FakeProvider":

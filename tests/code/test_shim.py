@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+import subprocess
 
 import pytest
 
@@ -163,3 +165,30 @@ def test_provider_calls_go_through_the_proxy_the_environment_names(fake_provider
     finally:
         run(proxied.http.aclose())
         run(direct.http.aclose())
+
+
+def test_https_provider_certificates_are_checked_against_ssl_cert_file(tmp_path, monkeypatch):
+    """A self-signed provider is refused (not in certifi's bundle) until SSL_CERT_FILE names its certificate."""
+    from tests.fake_provider import FakeProvider
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    fake = FakeProvider(tls=tls).start()
+    config, _ = load_config(write_test_config(tmp_path / "routing.yaml", fake.base_url))
+    untrusted, trusted = ProviderChain(config), ProviderChain(config)  # each makes its TLS context on its first call
+    try:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        with pytest.raises(ProviderError) as err:
+            complete(untrusted, [GLM])
+        assert [a.status for a in err.value.attempts] == ["connection", "connection"]
+        assert "certificate" in err.value.attempts[0].message.lower()
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        data, attempts, _ = complete(trusted, [GLM])
+        assert data["model"] == GLM and [a.status for a in attempts] == ["ok"]
+    finally:
+        run(untrusted.http.aclose())
+        run(trusted.http.aclose())
+        fake.stop()
