@@ -196,8 +196,9 @@ class ProviderChain:
                    else aiohttp.ClientTimeout(total=spec.timeout_s, connect=connect))
         url = f"{provider.base_url}/chat/completions"
         try:
+            # no redirects (httpx's default too): a redirected POST would turn into a GET
             return await self.http.session().post(url, data=json.dumps(payload).encode(), headers=headers, timeout=timeout,
-                                                  proxy=self.http.proxy_for(url))
+                                                  proxy=self.http.proxy_for(url), allow_redirects=False)
         except TimeoutError as e:
             raise _Failure("timeout", None, f"timed out: {type(e).__name__}") from None
         except aiohttp.ClientError as e:
