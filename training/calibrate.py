@@ -49,14 +49,18 @@ def effective_sample_size(weights: np.ndarray) -> float:
     return float(weights.sum() ** 2 / np.square(weights).sum())
 
 
-def wilson_upper(rate: float, n: float, z: float = 1.96) -> float:
-    """Upper end of the 95% Wilson interval for a proportion observed on n (effective) items."""
+def wilson_interval(rate: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson interval for a proportion observed on n (effective) items."""
     if n <= 0:
-        return 1.0
+        return 0.0, 1.0
     denom = 1 + z * z / n
     centre = rate + z * z / (2 * n)
     margin = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    return min(1.0, (centre + margin) / denom)
+    return max(0.0, (centre - margin) / denom), min(1.0, (centre + margin) / denom)
+
+
+def wilson_upper(rate: float, n: float, z: float = 1.96) -> float:
+    return wilson_interval(rate, n, z)[1]
 
 
 def calibrate_threshold(scores, budget: float, prior: float, labels=None) -> dict:

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from escalation import store
 from tests.conftest import ADMIN_TOKEN, gate_runs, start_service, stop_service, write_test_config
-from training.promote import promote, shadow_agreement
+from training.promote import ShadowStats, promote, shadow_stats
 
 TASKS = [
     ("Should billing keep its own Postgres database or share the orders cluster?", "architect"),
@@ -120,7 +120,8 @@ def test_shadow_scores_the_challenger_without_acting_on_it(private_registry, fak
         stop_service(proc, log)
 
     # what `escalation promote` reads and prints, and logs with the gate's run
-    assert shadow_agreement(reg.challenger, reg.champion) == (len(rows), agree / len(rows))
+    escalated = sum(r["challenger_escalate"] for r in rows)
+    assert shadow_stats(reg.challenger, reg.champion) == ShadowStats(len(rows), agree / len(rows), escalated / len(rows))
     # rows from a time the challenger was shadowed against another champion (itself, after a
     # promotion that was rolled back) say nothing about this champion: the report leaves them out
     with store.engine(reg.db_url).begin() as conn:
@@ -128,10 +129,12 @@ def test_shadow_scores_the_challenger_without_acting_on_it(private_registry, fak
             {"id": f"self-{i}", "time": store.utcnow(), "champion_version": reg.challenger, "challenger_version": reg.challenger,
              "champion_score": 0.9, "challenger_score": 0.9, "champion_escalate": True, "challenger_escalate": True}
             for i in range(len(rows))])
-    assert shadow_agreement(reg.challenger) == (2 * len(rows), (agree + len(rows)) / (2 * len(rows)))
+    assert shadow_stats(reg.challenger) == ShadowStats(2 * len(rows), (agree + len(rows)) / (2 * len(rows)),
+                                                       (escalated + len(rows)) / (2 * len(rows)))
     lines: list[str] = []
     promote(corpus=reg.gate_corpus, log=lines.append)
     assert f"shadow agreement with the champion: {agree / len(rows):.1%} of {len(rows)} live decisions" in lines, lines
     (run,) = gate_runs()
     assert run.data.metrics["shadow_decisions"] == len(rows)
     assert math.isclose(run.data.metrics["shadow_agreement"], agree / len(rows))
+    assert math.isclose(run.data.metrics["shadow_escalation_rate"], escalated / len(rows))

@@ -7,10 +7,11 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from cli.main import main as cli
-from escalation import settings
+from escalation import settings, store
 from escalation.registry import champion_history, version_for
 from tests.conftest import gate_runs
-from training.promote import promote
+from training.calibrate import wilson_interval
+from training.promote import MIN_SHADOW_DECISIONS, promote
 
 TEST_SPLIT_DROP = "recall at the budget on the test split drops"
 
@@ -64,3 +65,52 @@ def test_a_worse_challenger_is_refused_and_force_overrides(private_registry):
     assert champion_history() == [reg.champion, reg.challenger]  # so `escalation rollback` can undo it
     forced = gate_runs()[-1].data.tags
     assert (forced["promoted"], forced["forced"]) == ("True", "True") and TEST_SPLIT_DROP in forced["refusals"]
+
+
+LIVE_RATE = "live tasks in shadow"
+
+
+def shadowed(db_url: str, champion: str, challenger: str, escalated: int, total: int, tag: str) -> None:
+    """`total` live shadow rows for challenger against champion, `escalated` of them escalated by the challenger."""
+    with store.engine(db_url).begin() as conn:
+        conn.execute(store.shadow_scores.insert(), [
+            {"id": f"{tag}-{i}", "time": store.utcnow(), "champion_version": champion, "challenger_version": challenger,
+             "champion_score": 0.1, "challenger_score": 0.9 if i < escalated else 0.1, "champion_escalate": False,
+             "challenger_escalate": i < escalated}
+            for i in range(total)])
+
+
+def test_a_challenger_escalating_too_much_live_traffic_in_shadow_is_refused(private_registry):
+    """The live escalation rate in shadow is checked against the challenger's bound, once there are enough rows."""
+    reg = private_registry
+    bound = reg.models[reg.challenger].meta["threshold"]["escalation_rate_ucb95"]
+    n = MIN_SHADOW_DECISIONS
+
+    def gate() -> list[str]:
+        lines: list[str] = []
+        promote(corpus=reg.gate_corpus, log=lines.append)
+        return lines
+
+    # too few live tasks: reported, not judged, however high the rate
+    shadowed(reg.db_url, reg.champion, reg.challenger, n // 2, n // 2, "few")
+    lines = gate()
+    assert any(line.startswith("escalation rate (shadow)") and f"{n // 2} live tasks; checked from {n} on" in line for line in lines), lines
+    assert not any(LIVE_RATE in line for line in lines if line.startswith("refused: ")), lines
+
+    # enough live tasks, half of them escalated: far above the bound, refused and named
+    shadowed(reg.db_url, reg.champion, reg.challenger, n // 2, n // 2, "many")
+    lines = gate()
+    low = wilson_interval(1.0, n)[0]
+    assert (f"refused: escalation rate on {n} live tasks in shadow 1.0000 (95% lower bound {low:.4f}) "
+            f"exceeds its bound {bound:.4f}") in lines, lines
+    assert gate_runs()[-1].data.metrics["shadow_escalation_rate"] == 1.0
+    assert LIVE_RATE in gate_runs()[-1].data.tags["refusals"]
+    assert alias(settings.CHAMPION) == reg.champion
+
+    # a live rate at the bound is within noise: not refused for it
+    with store.engine(reg.db_url).begin() as conn:
+        conn.execute(store.shadow_scores.delete())
+    at_bound = round(bound * 4 * n)
+    shadowed(reg.db_url, reg.champion, reg.challenger, at_bound, 4 * n, "at-bound")
+    lines = gate()
+    assert not any(LIVE_RATE in line for line in lines if line.startswith("refused: ")), lines
