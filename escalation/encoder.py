@@ -7,6 +7,7 @@ normalisation, exactly as sentence-transformers' all-MiniLM-L6-v2 pipeline does.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,12 @@ class OnnxEncoder:
         self.info = json.loads((folder / "encoder.json").read_text())
         self.max_seq_length = int(self.info["max_seq_length"])
         self.dim = int(self.info["dim"])
+        # Two models whose encoder files are identical embed every text identically: the shadow
+        # scores its challenger from the champion's embeddings when the fingerprints match.
+        digest = hashlib.sha256()
+        for name in ENCODER_FILES:
+            digest.update((folder / name).read_bytes())
+        self.fingerprint = digest.hexdigest()[:16]
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
         self.tokenizer.no_padding()

@@ -119,9 +119,11 @@ class EscalationModel:
             parts.append(self._lexical(list(texts)))
         return np.mean(parts, axis=0)
 
-    def score(self, texts: list[str], roles: list[str | None] | None = None) -> Scored:
+    def score(self, texts: list[str], roles: list[str | None] | None = None, embeddings: np.ndarray | None = None) -> Scored:
+        """`embeddings`, when given, are the texts' vectors from an encoder with this model's
+        `encoder.fingerprint` (the shadow passes the champion's), and encoding is skipped."""
         roles = roles if roles is not None else [None] * len(texts)
-        embeddings = self.encoder.encode(texts)
+        embeddings = self.encoder.encode(texts) if embeddings is None else embeddings
         raw = self.raw_scores(embeddings, roles, texts)
         return Scored(score=raw, probability=apply_calibration(raw, self.meta["calibration"]), embeddings=embeddings)
 

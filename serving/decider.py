@@ -10,6 +10,8 @@ import math
 import threading
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from escalation.budget import BudgetController
 from escalation.config import RoutingConfig
 from escalation.model import EscalationModel
@@ -67,6 +69,8 @@ class Decision:
     neighbours: list[dict] = field(default_factory=list)
     controller: str | None = None  # None | held_back | boosted
     source: str = "model"  # model | override | classifier_failure
+    embedding: np.ndarray | None = field(default=None, repr=False)  # the text's vector, for the shadow to reuse
+    encoder: str | None = None  # the fingerprint of the encoder that made it
 
 
 def logit(p: float) -> float:
@@ -94,10 +98,13 @@ class Decider:
         except Exception as e:
             log.exception("scoring failed")
             return [self.failure(f"{type(e).__name__}: {e}") for _ in texts]
-        return [
+        decisions = [
             self._decide_one(model, float(s), float(p), n)
             for s, p, n in zip(scored.score, scored.probability, neighbours)
         ]
+        for d, vector in zip(decisions, scored.embeddings):
+            d.embedding, d.encoder = vector, model.encoder.fingerprint
+        return decisions
 
     def _decide_one(self, model: EscalationModel, score: float, probability: float, neighbours: list[dict]) -> Decision:
         static = model.threshold

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import func, select
 
 from escalation import settings, store
@@ -309,8 +310,12 @@ class Runtime:
             challenger = slot.model if slot else None
             if challenger is None:
                 continue
+            texts, roles, decided = [t for t, *_ in items], [r for _, r, *_ in items], [d for _, _, d, _ in items]
+            # the champion's embeddings, when its encoder is the challenger's: half the shadow's CPU
+            same_encoder = all(d.embedding is not None and d.encoder == challenger.encoder.fingerprint for d in decided)
             try:
-                scores = challenger.score([t for t, *_ in items], [r for _, r, *_ in items]).score
+                embeddings = np.stack([d.embedding for d in decided]) if same_encoder else None
+                scores = challenger.score(texts, roles, embeddings).score
             except Exception:
                 log.exception("shadow scoring failed")
                 continue

@@ -138,3 +138,44 @@ def test_shadow_scores_the_challenger_without_acting_on_it(private_registry, fak
     assert run.data.metrics["shadow_decisions"] == len(rows)
     assert math.isclose(run.data.metrics["shadow_agreement"], agree / len(rows))
     assert math.isclose(run.data.metrics["shadow_escalation_rate"], escalated / len(rows))
+
+
+def test_shadow_reuses_the_champions_embeddings_when_the_encoders_match(trained, fake_provider, tmp_path):
+    """A challenger with the champion's encoder files is scored from the champion's embeddings (no
+    second encode, same scores); one with another encoder encodes the texts itself."""
+    from escalation.model import EscalationModel
+    from serving.runtime import Runtime
+
+    champion, challenger = EscalationModel(trained.folder, version="1"), EscalationModel(trained.folder, version="2")
+    encoded: list[int] = []
+    encode = challenger.encoder.encode
+    challenger.encoder.encode = lambda texts: encoded.append(len(texts)) or encode(texts)
+    config = write_test_config(tmp_path / "routing.yaml", fake_provider.base_url, **{"shadow.enabled": True})
+    db_url = f"sqlite:///{tmp_path / 'escalation.db'}"
+    rt = Runtime(config, db_url=db_url, loader=lambda uri, current=None: challenger if uri.endswith("@challenger") else champion)
+    texts, roles = [t for t, _ in TASKS], [r for _, r in TASKS]
+    try:
+        assert challenger.encoder.fingerprint == champion.encoder.fingerprint
+        rt.classify(texts, roles)
+        rows = wait_for_shadow_rows(rt, db_url, len(TASKS))
+        assert encoded == []  # scored from the champion's vectors
+        expected = challenger.score(texts, roles, champion.encoder.encode(texts)).score
+        assert sorted(r["challenger_score"] for r in rows) == sorted(float(s) for s in expected)
+
+        challenger.encoder.fingerprint = "another-encoder"
+        rt.classify(texts, roles)
+        wait_for_shadow_rows(rt, db_url, 2 * len(TASKS))
+        assert sum(encoded) == len(TASKS)  # it encoded them itself
+    finally:
+        rt.close()
+
+
+def wait_for_shadow_rows(rt, db_url: str, expected: int) -> list[dict]:
+    deadline = time.time() + 15
+    while True:
+        rt.ledger.flush()
+        rows = shadow_rows(db_url, 0)
+        if len(rows) >= expected or time.time() > deadline:
+            assert len(rows) == expected, rows
+            return rows
+        time.sleep(0.1)
