@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +34,6 @@ class OnnxEncoder:
         self.info = json.loads((folder / "encoder.json").read_text())
         self.max_seq_length = int(self.info["max_seq_length"])
         self.dim = int(self.info["dim"])
-        # Two models whose encoder files are identical embed every text identically: the shadow
-        # scores its challenger from the champion's embeddings when the fingerprints match.
-        digest = hashlib.sha256()
-        for name in ENCODER_FILES:
-            digest.update((folder / name).read_bytes())
-        self.fingerprint = digest.hexdigest()[:16]
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
         self.tokenizer.no_padding()
@@ -55,6 +50,16 @@ class OnnxEncoder:
         self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="encoder") if self.parallel > 1 else None
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Two encoders with identical files embed every text identically: the shadow scores its
+        challenger from the champion's embeddings when the fingerprints match. Hashed on first use
+        (about 65 ms), so loading a model and the decide path never pay for it."""
+        digest = hashlib.sha256()
+        for name in ENCODER_FILES:
+            digest.update((self.folder / name).read_bytes())
+        return digest.hexdigest()[:16]
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Returns an (n, dim) float32 array of unit vectors, in the order of `texts`.

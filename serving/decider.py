@@ -14,6 +14,7 @@ import numpy as np
 
 from escalation.budget import BudgetController
 from escalation.config import RoutingConfig
+from escalation.encoder import OnnxEncoder
 from escalation.model import EscalationModel
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class Decision:
     controller: str | None = None  # None | held_back | boosted
     source: str = "model"  # model | override | classifier_failure
     embedding: np.ndarray | None = field(default=None, repr=False)  # the text's vector, for the shadow to reuse
-    encoder: str | None = None  # the fingerprint of the encoder that made it
+    encoder: OnnxEncoder | None = field(default=None, repr=False)  # the encoder that made it
 
 
 def logit(p: float) -> float:
@@ -103,7 +104,7 @@ class Decider:
             for s, p, n in zip(scored.score, scored.probability, neighbours)
         ]
         for d, vector in zip(decisions, scored.embeddings):
-            d.embedding, d.encoder = vector, model.encoder.fingerprint
+            d.embedding, d.encoder = vector, model.encoder
         return decisions
 
     def _decide_one(self, model: EscalationModel, score: float, probability: float, neighbours: list[dict]) -> Decision:

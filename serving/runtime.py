@@ -311,8 +311,8 @@ class Runtime:
             if challenger is None:
                 continue
             texts, roles, decided = [t for t, *_ in items], [r for _, r, *_ in items], [d for _, _, d, _ in items]
-            # the champion's embeddings, when its encoder is the challenger's: half the shadow's CPU
-            same_encoder = all(d.embedding is not None and d.encoder == challenger.encoder.fingerprint for d in decided)
+            # the champion's embeddings, when its encoder files are the challenger's: no second encode
+            same_encoder = all(d.embedding is not None and d.encoder.fingerprint == challenger.encoder.fingerprint for d in decided)
             try:
                 embeddings = np.stack([d.embedding for d in decided]) if same_encoder else None
                 scores = challenger.score(texts, roles, embeddings).score
