@@ -75,6 +75,16 @@ class _Failure(Exception):
         self.status, self.http_status, self.message, self.retry_after, self.body = status, http_status, message, retry_after, body
 
 
+TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError)
+
+
+def _transport_failure(e: Exception) -> _Failure:
+    """A timeout or a connection-level error, as the attempt status the fallback rules act on."""
+    if isinstance(e, TimeoutError):
+        return _Failure("timeout", None, f"timed out: {type(e).__name__}")
+    return _Failure("connection", None, f"{type(e).__name__}: {e}"[:300])
+
+
 class CircuitBreaker:
     def __init__(self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic):
         self.failures, self.cooldown_s, self.clock = failures, cooldown_s, clock
@@ -199,10 +209,8 @@ class ProviderChain:
             # no redirects (httpx's default too): a redirected POST would turn into a GET
             return await self.http.session().post(url, data=json.dumps(payload).encode(), headers=headers, timeout=timeout,
                                                   proxy=self.http.proxy_for(url), allow_redirects=False)
-        except TimeoutError as e:
-            raise _Failure("timeout", None, f"timed out: {type(e).__name__}") from None
-        except aiohttp.ClientError as e:
-            raise _Failure("connection", None, f"{type(e).__name__}: {e}"[:300]) from None
+        except TRANSPORT_ERRORS as e:
+            raise _transport_failure(e) from None
 
     def _classify(self, status_code: int, text: str, headers) -> _Failure:
         try:
@@ -280,10 +288,8 @@ class ProviderChain:
             resp = await self._post(model, body, stream=False)
             try:
                 raw = await resp.read()
-            except TimeoutError as e:
-                raise _Failure("timeout", None, f"timed out: {type(e).__name__}") from None
-            except aiohttp.ClientError as e:
-                raise _Failure("connection", None, f"{type(e).__name__}: {e}"[:300]) from None
+            except TRANSPORT_ERRORS as e:
+                raise _transport_failure(e) from None
             finally:
                 resp.release()
             if resp.status != 200:
@@ -313,7 +319,7 @@ class ProviderChain:
             if resp.status != 200:
                 try:
                     text = (await resp.read()).decode("utf-8", "replace")
-                except (TimeoutError, aiohttp.ClientError):
+                except TRANSPORT_ERRORS:
                     text = ""
                 finally:
                     resp.release()
