@@ -16,9 +16,9 @@ agreement with the champion. `--force` overrides a refusal (and says so).
 """
 from __future__ import annotations
 
-import numpy as np
 from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import Integer, func, select
 
 from escalation import settings, store
